@@ -1,0 +1,46 @@
+# coincide: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test test-slow check-sync nbtest pytest clean
+
+## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with dev tools
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+## check-sync: the CI checks of STYLE.md: nbdev_clean and nbdev_export must change nothing
+check-sync: setup
+	@state() { git status --porcelain; git diff; }; before=$$(state | md5sum); \
+	$(BIN)/nbdev_clean; \
+	if [ "$$(state | md5sum)" != "$$before" ]; then echo "nbdev_clean changed files: run nbdev_clean and commit"; git status --porcelain; exit 1; fi; \
+	$(BIN)/nbdev_export; \
+	if [ "$$(state | md5sum)" != "$$before" ]; then echo "nbdev_export changed files: notebooks and coincide/ are out of sync"; git status --porcelain; exit 1; fi; \
+	echo "nbdev_clean and nbdev_export changed nothing"
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2
+
+pytest: setup
+	$(BIN)/pytest tests/
+
+## test: setup, sync checks, notebook tests, then pytest (its summary is the last line)
+test: setup check-sync nbtest pytest
+
+## test-slow: the long cases (flagged slow) as well
+test-slow: setup
+	$(BIN)/nbdev_test --n_workers 2 --flags slow
+	$(BIN)/pytest tests/ --runslow
+
+clean:
+	rm -rf $(VENV) *.egg-info
