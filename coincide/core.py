@@ -6,16 +6,16 @@
 __all__ = ['CoincideError', 'seed_everything', 'pick_device', 'l2_normalize', 'atomic_write', 'save_npy', 'save_json', 'load_npy',
            'sha256_file', 'library_versions', 'now_iso', 'write_manifest']
 
-# %% ../nbs/00_core.ipynb #51810f04
+# %% ../nbs/00_core.ipynb #54dbe8cb
 import contextlib, datetime, hashlib, json, os, platform, random, tempfile
 from pathlib import Path
 import numpy as np
 
-# %% ../nbs/00_core.ipynb #4756aaa3
+# %% ../nbs/00_core.ipynb #197c6195
 class CoincideError(Exception):
     "An error in the user's input or files, with a message that says what is wrong and what to do."
 
-# %% ../nbs/00_core.ipynb #fc48dd4a
+# %% ../nbs/00_core.ipynb #9587438a
 def seed_everything(seed:int): # the run's seed, recorded in its manifest
     "Seed python's, numpy's and torch's generators (torch only if it is installed)."
     random.seed(seed)
@@ -24,7 +24,7 @@ def seed_everything(seed:int): # the run's seed, recorded in its manifest
     except ImportError: return
     torch.manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #dab56907
+# %% ../nbs/00_core.ipynb #33ec0dc0
 def pick_device(device:str|None=None): # 'cpu', 'cuda', 'cuda:1', or None for the best available
     "The torch device to use: `device` if given (checked), else cuda when available, else cpu."
     import torch
@@ -34,7 +34,7 @@ def pick_device(device:str|None=None): # 'cpu', 'cuda', 'cuda:1', or None for th
         raise CoincideError(f"device {device!r} was asked for but torch sees no CUDA GPU: pass --device cpu")
     return dev
 
-# %% ../nbs/00_core.ipynb #f8ae270d
+# %% ../nbs/00_core.ipynb #c6289e9d
 def l2_normalize(x:np.ndarray, # (n, d) or (d,) floats
                  axis:int=-1,  # the axis to normalise along
                 ) -> np.ndarray: # same shape and dtype as `x`, unit norm where the row was non-zero
@@ -42,7 +42,7 @@ def l2_normalize(x:np.ndarray, # (n, d) or (d,) floats
     norms = np.linalg.norm(x.astype(np.float64), axis=axis, keepdims=True)     # (n, 1)
     return (x / np.where(norms > 0, norms, 1.0)).astype(x.dtype)
 
-# %% ../nbs/00_core.ipynb #060d44b3
+# %% ../nbs/00_core.ipynb #f2c54e86
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # the final file
                  mode:str='wb'): # 'wb' or 'w'
@@ -59,12 +59,12 @@ def atomic_write(path:str|Path, # the final file
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #b07f5ada
+# %% ../nbs/00_core.ipynb #97c80b08
 def save_npy(path:str|Path, arr:np.ndarray):
     "Write `arr` to `path` as .npy, atomically."
     with atomic_write(path, 'wb') as f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
 
-# %% ../nbs/00_core.ipynb #2d4f0b1a
+# %% ../nbs/00_core.ipynb #552b652f
 def _json_default(o):
     "Make numpy scalars, arrays and paths JSON-serialisable."
     if isinstance(o, np.generic): return o.item()
@@ -72,12 +72,12 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f'{type(o).__name__} is not JSON serialisable')
 
-# %% ../nbs/00_core.ipynb #4e73b343
+# %% ../nbs/00_core.ipynb #530131e8
 def save_json(path:str|Path, obj):
     "Write `obj` to `path` as indented UTF-8 JSON, atomically."
     with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1, ensure_ascii=False, default=_json_default); f.write('\n')
 
-# %% ../nbs/00_core.ipynb #9a897dc5
+# %% ../nbs/00_core.ipynb #7be82650
 def load_npy(path:str|Path, # a .npy file written by numpy
              mmap:bool=True, # memory-map instead of reading it whole
             ) -> np.ndarray:
@@ -93,7 +93,7 @@ def load_npy(path:str|Path, # a .npy file written by numpy
         raise CoincideError(f"{path}: holds {arr.dtype} values, expected plain numbers")
     return arr
 
-# %% ../nbs/00_core.ipynb #c87a7f03
+# %% ../nbs/00_core.ipynb #54c09439
 def sha256_file(path:str|Path, chunk:int=1<<22) -> str:
     "Hex sha256 of a file, read in chunks of `chunk` bytes."
     h = hashlib.sha256()
@@ -101,7 +101,7 @@ def sha256_file(path:str|Path, chunk:int=1<<22) -> str:
         while block := f.read(chunk): h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #67973c3c
+# %% ../nbs/00_core.ipynb #957b4212
 def library_versions() -> dict:
     "Versions of python and of the libraries whose behaviour shapes the outputs (None if not installed)."
     from importlib.metadata import version, PackageNotFoundError
@@ -112,12 +112,12 @@ def library_versions() -> dict:
             'transformers': v('transformers'), 'faiss': v('faiss-cpu') or v('faiss-gpu') or v('faiss'),
             'coincide': v('coincide'), 'platform': platform.platform()}
 
-# %% ../nbs/00_core.ipynb #10d62d1c
+# %% ../nbs/00_core.ipynb #271ad76c
 def now_iso() -> str:
     "The current UTC time as an ISO-8601 string."
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
-# %% ../nbs/00_core.ipynb #6abf7030
+# %% ../nbs/00_core.ipynb #a92a2df1
 def write_manifest(path:str|Path, # where the manifest goes, e.g. RUN/manifest.json
                    stage:str, # which stage wrote the outputs ('extract', 'cluster', 'select', ...)
                    params:dict, # every parameter that shapes the outputs
@@ -126,10 +126,10 @@ def write_manifest(path:str|Path, # where the manifest goes, e.g. RUN/manifest.j
                    started:str|None=None, # start time from `now_iso()`
                    outputs:dict|None=None, # name -> output file path, hashed too
                    **extra): # anything else worth keeping (counts, diagnostics)
-    "Write a JSON manifest of parameters, seed, input and output hashes, versions and times; return it."
+    "Write a JSON manifest of parameters, seed, input and output hashes (absolute paths), versions and times; return it."
     man = {'stage': stage, 'params': params, 'seed': seed,
-           'inputs': {k: {'path': str(p), 'sha256': sha256_file(p)} for k, p in inputs.items()},
-           'outputs': {k: {'path': str(p), 'sha256': sha256_file(p)} for k, p in (outputs or {}).items()},
+           'inputs': {k: {'path': str(Path(p).resolve()), 'sha256': sha256_file(p)} for k, p in inputs.items()},
+           'outputs': {k: {'path': str(Path(p).resolve()), 'sha256': sha256_file(p)} for k, p in (outputs or {}).items()},
            'versions': library_versions(), 'started': started or now_iso(), 'finished': now_iso(), **extra}
     save_json(path, man)
     return man
