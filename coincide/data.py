@@ -7,7 +7,7 @@ __all__ = ['ROLES', 'IMAGE_TOKEN', 'LLAVA_SOURCES', 'load_records', 'resolve_ima
            'validate_records', 'report_summary', 'source_from_path', 'record_source', 'record_task', 'count_sources',
            'check_indices', 'write_subset', 'check_data_args', 'check_data_main']
 
-# %% ../nbs/01_data.ipynb #c7f43476
+# %% ../nbs/01_data.ipynb #2ff800af
 import json, os
 from collections import Counter
 from dataclasses import dataclass
@@ -17,13 +17,13 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 from .core import CoincideError, atomic_write, save_npy
 
-# %% ../nbs/01_data.ipynb #d6b5f0ee
+# %% ../nbs/01_data.ipynb #631536ba
 def _line_col(text:str, pos:int) -> tuple:
     "1-based (line, column) of character offset `pos` in `text`."
     line = text.count('\n', 0, pos) + 1
     return line, pos - (text.rfind('\n', 0, pos) + 1) + 1
 
-# %% ../nbs/01_data.ipynb #e558c568
+# %% ../nbs/01_data.ipynb #d5032002
 def _read_text(path:Path) -> str:
     "The UTF-8 text of `path`; non-UTF-8 bytes raise `CoincideError` with their line and column."
     if not path.is_file(): raise CoincideError(f"{path}: file not found")
@@ -34,7 +34,7 @@ def _read_text(path:Path) -> str:
         raise CoincideError(f"{path}: line {line}, column {col}: byte {raw[e.start]:#04x} is not valid UTF-8; "
                             "save the file as UTF-8") from None
 
-# %% ../nbs/01_data.ipynb #d2aa6902
+# %% ../nbs/01_data.ipynb #e4510d87
 def load_records(path:str|Path, # a LLaVA JSON list, or JSON Lines (one record per line) ending in .jsonl
                 ) -> list: # the records, in file order
     "Load LLaVA-format records from a JSON list or a JSON Lines file."
@@ -49,7 +49,7 @@ def load_records(path:str|Path, # a LLaVA JSON list, or JSON Lines (one record p
                             "LLaVA data is a list [{...}, {...}] (use .jsonl for one record per line)")
     return data
 
-# %% ../nbs/01_data.ipynb #24639050
+# %% ../nbs/01_data.ipynb #b0f6fab7
 def _parse_jsonl(path:Path, text:str) -> list:
     "Parse JSON Lines text, one record per non-blank line."
     records = []
@@ -60,11 +60,11 @@ def _parse_jsonl(path:Path, text:str) -> list:
             raise CoincideError(f"{path}: line {i}, column {e.colno}: malformed JSON ({e.msg})") from None
     return records
 
-# %% ../nbs/01_data.ipynb #a463ae67
+# %% ../nbs/01_data.ipynb #18d7eb85
 ROLES = ('human', 'gpt')
 IMAGE_TOKEN = '<image>'
 
-# %% ../nbs/01_data.ipynb #e82f7e43
+# %% ../nbs/01_data.ipynb #a9ea94db
 def _conversation_problems(conv) -> list:
     "Problems with a record's `conversations` value."
     if not isinstance(conv, list): return [f"'conversations' must be a list of turns, found {type(conv).__name__}"]
@@ -72,11 +72,11 @@ def _conversation_problems(conv) -> list:
     for t, turn in enumerate(conv):
         if not isinstance(turn, dict): return [f"turn {t} is a {type(turn).__name__}, expected an object with 'from' and 'value'"]
         if turn.get('from') not in ROLES: return [f"turn {t} has unknown role {turn.get('from')!r} (expected 'human' or 'gpt')"]
-        if not isinstance(turn.get('value'), str): return [f"turn {t} has a {type(turn.get('value')).__name__} 'value', expected a string"]
+        if not isinstance(turn.get('value'), str): return [f"turn {t} has a 'value' of type {type(turn.get('value')).__name__}, expected a string"]
     if conv[0]['from'] != 'human': return ["the conversation starts with 'gpt'; it must start with 'human'"]
     return []
 
-# %% ../nbs/01_data.ipynb #a3613e09
+# %% ../nbs/01_data.ipynb #ecc5da58
 def resolve_image(image, # the record's `image` value
                   images_dir:Path|None, # the image folder, or None to check the path's form only
                  ) -> Path: # the image's path inside `images_dir`
@@ -89,7 +89,7 @@ def resolve_image(image, # the record's `image` value
     if not full.is_relative_to(root): raise ValueError(f"image path {image!r} leaves the image folder")
     return full
 
-# %% ../nbs/01_data.ipynb #f35762c9
+# %% ../nbs/01_data.ipynb #7ca5971b
 def _image_problems(rec:dict, images_dir:Path|None, decode:bool) -> list:
     "Problems with a record's image: `<image>` agreement, path safety, existence and (if `decode`) decoding."
     has_image = rec.get('image') is not None
@@ -103,7 +103,7 @@ def _image_problems(rec:dict, images_dir:Path|None, decode:bool) -> list:
     if not path.is_file(): return [f"image file {rec['image']!r} not found in {images_dir}"]
     return _decode_problems(path, rec['image']) if decode else []
 
-# %% ../nbs/01_data.ipynb #54870ecb
+# %% ../nbs/01_data.ipynb #103cd694
 def _decode_problems(path:Path, name:str) -> list:
     "A one-item list if the image at `path` cannot be decoded, else empty."
     try:
@@ -112,7 +112,7 @@ def _decode_problems(path:Path, name:str) -> list:
         return [f"image file {name!r} cannot be decoded ({type(e).__name__}: {e})"]
     return []
 
-# %% ../nbs/01_data.ipynb #0be0a9d1
+# %% ../nbs/01_data.ipynb #50bc02c7
 def record_problems(rec, # one record as loaded from JSON
                     images_dir:str|Path|None=None, # the image folder; None skips the file checks
                     decode:bool=False, # also decode the image (slow)
@@ -124,7 +124,7 @@ def record_problems(rec, # one record as loaded from JSON
     if conv: return probs + conv
     return probs + _image_problems(rec, None if images_dir is None else Path(images_dir), decode)
 
-# %% ../nbs/01_data.ipynb #d18bd744
+# %% ../nbs/01_data.ipynb #ae580b28
 @dataclass
 class BadRecord:
     "One bad record: its position in the file, its id and what is wrong."
@@ -134,10 +134,10 @@ class BadRecord:
 
     def __str__(self): return f"record {self.index} (id {self.id!r}): {self.problem}"
 
-# %% ../nbs/01_data.ipynb #9d3009eb
+# %% ../nbs/01_data.ipynb #b5ccaba9
 def _id_of(rec): return rec.get('id') if isinstance(rec, dict) else None
 
-# %% ../nbs/01_data.ipynb #8f14b9ec
+# %% ../nbs/01_data.ipynb #2efbad4c
 def validate_records(records:list, # records from `load_records`
                      images_dir:str|Path|None=None, # the image folder; None skips the file checks
                      strict:bool=False, # raise on the first bad record instead of reporting all
@@ -157,7 +157,7 @@ def validate_records(records:list, # records from `load_records`
             seen[rid] = i; good.append(rec)
     return good, bad
 
-# %% ../nbs/01_data.ipynb #2c730c2a
+# %% ../nbs/01_data.ipynb #d3e16a6a
 def report_summary(n_total:int, # records read
                    bad:list, # `BadRecord`s from `validate_records`
                    show:int=20, # how many bad records to list
@@ -168,7 +168,7 @@ def report_summary(n_total:int, # records read
     if len(bad) > show: lines.append(f"  ... and {len(bad) - show} more")
     return '\n'.join(lines)
 
-# %% ../nbs/01_data.ipynb #eba67d26
+# %% ../nbs/01_data.ipynb #a821f3e0
 LLAVA_SOURCES = ('coco', 'gqa', 'ocr_vqa', 'textvqa', 'vg')
 
 def source_from_path(rec:dict) -> str:
@@ -177,7 +177,7 @@ def source_from_path(rec:dict) -> str:
     top = Path(rec['image']).parts[0]
     return top if top in LLAVA_SOURCES else 'other'
 
-# %% ../nbs/01_data.ipynb #5b788bab
+# %% ../nbs/01_data.ipynb #84632bd3
 def record_source(rec:dict) -> str:
     "A record's source: its own `source` field if it has one, else `source_from_path`."
     return rec['source'] if isinstance(rec.get('source'), str) else source_from_path(rec)
@@ -186,12 +186,12 @@ def record_task(rec:dict) -> str|None:
     "A Vision-Flan record's task name (`task` or `task_name`), or None."
     return rec.get('task', rec.get('task_name'))
 
-# %% ../nbs/01_data.ipynb #97a4e9a6
+# %% ../nbs/01_data.ipynb #5fbd74cf
 def count_sources(records:list) -> Counter:
     "How many records come from each source, most common first."
     return Counter(record_source(r) for r in records)
 
-# %% ../nbs/01_data.ipynb #1885a083
+# %% ../nbs/01_data.ipynb #6a0e2370
 def check_indices(indices, # selected record indices
                   n:int, # number of records they index into
                  ) -> np.ndarray: # (m,) int64, sorted
@@ -203,7 +203,7 @@ def check_indices(indices, # selected record indices
     if np.any(idx[1:] == idx[:-1]): raise CoincideError(f"index {idx[1:][idx[1:] == idx[:-1]][0]} is selected twice")
     return idx
 
-# %% ../nbs/01_data.ipynb #5d346db4
+# %% ../nbs/01_data.ipynb #0e2c9591
 def write_subset(records:list, # all records, as loaded
                  indices, # (m,) selected record indices into `records`
                  out_path:str|Path, # the subset's LLaVA JSON file; indices.npy goes beside it
@@ -214,7 +214,7 @@ def write_subset(records:list, # all records, as loaded
     save_npy(out_path.parent/'indices.npy', idx)
     return out_path
 
-# %% ../nbs/01_data.ipynb #f9b17bb8
+# %% ../nbs/01_data.ipynb #8e2ddc91
 def check_data_args(p):
     "Arguments of `coincide check-data`."
     p.add_argument('--data', required=True, help='LLaVA JSON list or .jsonl file of records')
@@ -222,7 +222,7 @@ def check_data_args(p):
     p.add_argument('--strict', action='store_true', help='stop at the first bad record')
     p.add_argument('--decode', action='store_true', help='also decode every image (slow)')
 
-# %% ../nbs/01_data.ipynb #897dc3ab
+# %% ../nbs/01_data.ipynb #d809f494
 def check_data_main(args) -> int:
     "Run `coincide check-data`: print the validation report and source counts; 1 if any record is bad."
     records = load_records(args.data)
