@@ -1,0 +1,79 @@
+"""Crash safety: `kill -9` at random points of a stage, then the same command again, gives byte-identical
+outputs, and no killed run ever leaves a file under a final name that is not a finished output."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+COINCIDE = str(Path(sys.executable).parent/'coincide')
+
+
+def make_run(root: Path, n=12_000, d=64, k=40) -> Path:
+    """A run folder with planted clustered unit-norm float16 embeddings and a two-block layout."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(k, d))
+    x = centres[rng.integers(0, k, n)] + 0.5 * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    root.mkdir(parents=True)
+    np.save(root/'embeddings.npy', x.astype(np.float16))
+    (root/'layout.json').write_text(json.dumps({'blocks': [{'layer': 0, 'modality': 'vision', 'start': 0, 'stop': d // 2},
+                                                           {'layer': 0, 'modality': 'text', 'start': d // 2, 'stop': d}]}))
+    return root
+
+
+def kill_at(args, delay: float):
+    """Start `coincide ARGS`, SIGKILL it after `delay` seconds (if still running); True if it was killed."""
+    proc = subprocess.Popen([COINCIDE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try: proc.wait(timeout=delay); return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL); proc.wait(); return True
+
+
+def finished_files(folder: Path, names) -> dict:
+    return {n: (folder/n).read_bytes() for n in names if (folder/n).exists()}
+
+
+def timed(args) -> float:
+    t = time.time(); res = run_cli(*args); assert res.returncode == 0, res.stderr
+    return time.time() - t
+
+
+def check_kills(args, folder, names, reference, seconds, seed):
+    """Kill `args` three times at random points; after each, a file under a final name is complete, and a rerun matches `reference`."""
+    rng = np.random.default_rng(seed)
+    for delay in rng.uniform(0.3, seconds, size=3):
+        for n in names: (folder/n).unlink(missing_ok=True)
+        kill_at(args, float(delay))
+        for n, data in finished_files(folder, names).items():
+            if n.endswith('.npy'): np.load(folder/n, allow_pickle=False)  # loads: a whole file, never a partial one
+            elif n.endswith('.json'): json.loads(data)
+            else: assert data.endswith(b'\n')
+        res = run_cli(*args); assert res.returncode == 0, res.stderr
+        assert finished_files(folder, names) == reference
+
+
+CLUSTER_OUT = ['centroids.npy', 'assignments.npy']
+SELECT_OUT = ['indices.npy', 'clusters.csv']
+
+
+@pytest.mark.slow
+def test_cluster_survives_kill_9(tmp_path):
+    run = make_run(tmp_path/'run')
+    args = ['cluster', run, '--k', 40, '--niter', 50]
+    seconds = timed(args)
+    reference = finished_files(run, CLUSTER_OUT)
+    check_kills(args, run, CLUSTER_OUT, reference, seconds, seed=0)
+
+
+@pytest.mark.slow
+def test_select_survives_kill_9(tmp_path):
+    run = make_run(tmp_path/'run')
+    assert run_cli('cluster', run, '--k', 40, '--niter', 20).returncode == 0
+    out = tmp_path/'sel'
+    args = ['select', run, '--fraction', 0.3, '--out', out]
+    seconds = timed(args)
+    reference = finished_files(out, SELECT_OUT)
+    check_kills(args, out, SELECT_OUT, reference, seconds, seed=1)
+    assert json.loads((out/'manifest.json').read_text())['counts']['selected'] == int(0.3 * 12_000)
