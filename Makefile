@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test test-slow check-sync nbtest pytest clean
+.PHONY: setup demo test test-slow check-sync nbtest pytest clean
 
 ## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with dev tools
 setup: $(VENV)/.installed
@@ -18,6 +18,10 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+## demo: the CPU demo on the bundled benchmark generator: a miniature of the paper's Table 1 in demo_out/
+demo: setup
+	$(BIN)/coincide demo --out demo_out
 
 ## check-sync: the CI checks of STYLE.md: nbdev_clean and nbdev_export must change nothing
 check-sync: setup

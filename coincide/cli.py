@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'available_commands', 'command_parser', 'main']
 
-# %% ../nbs/13_cli.ipynb #eeec571f
+# %% ../nbs/13_cli.ipynb #ca2e8598
 import argparse, importlib, importlib.util, sys
 from .core import CoincideError
 
-# %% ../nbs/13_cli.ipynb #e7a27313
+# %% ../nbs/13_cli.ipynb #095510e6
 COMMANDS = {
     'check-data': ('coincide.data', 'validate LLaVA / Vision-Flan records and count their sources'),
     'extract':    ('coincide.activations', 'run a reference VLM over the records and write paper-mode activations'),
@@ -18,15 +18,16 @@ COMMANDS = {
     'baseline':   ('coincide.baselines', 'select with one of the paper\'s eight baselines'),
     'verify':     ('coincide.verify', 're-hash the inputs of a manifest and re-derive its selection'),
     'benchmark':  ('coincide.benchmark', 'generate the CPU-sized visual-instruction benchmark'),
+    'train':      ('coincide.training', 'train the tiny target VLM on a selection of the CPU benchmark and score it'),
     'demo':       ('coincide.demo', 'the CPU demo: a miniature of the paper\'s Table 1'),
 }
 
-# %% ../nbs/13_cli.ipynb #bbf10313
+# %% ../nbs/13_cli.ipynb #5822a0a8
 def available_commands() -> dict:
     "The registered subcommands whose module is installed: name -> (module, help)."
     return {n: (m, h) for n, (m, h) in COMMANDS.items() if importlib.util.find_spec(m) is not None}
 
-# %% ../nbs/13_cli.ipynb #1ee3bd9c
+# %% ../nbs/13_cli.ipynb #2677ca3c
 def _top_help(cmds:dict) -> str:
     "The text of `coincide --help`: usage and one line per subcommand."
     width = max(map(len, cmds))
@@ -34,7 +35,7 @@ def _top_help(cmds:dict) -> str:
     return ('usage: coincide SUBCOMMAND [options]   (coincide SUBCOMMAND --help for its options)\n\n'
             'COINCIDE data selection for vision-language models.\n\nsubcommands:\n' + '\n'.join(lines))
 
-# %% ../nbs/13_cli.ipynb #7b68cec9
+# %% ../nbs/13_cli.ipynb #ae3b07b8
 def command_parser(name:str) -> tuple: # a registered subcommand name
     "Import the module of subcommand `name`; return its argument parser and its main function."
     mod_name, help_ = COMMANDS[name]
@@ -44,7 +45,7 @@ def command_parser(name:str) -> tuple: # a registered subcommand name
     getattr(mod, f'{fn}_args')(parser)
     return parser, getattr(mod, f'{fn}_main')
 
-# %% ../nbs/13_cli.ipynb #307fa299
+# %% ../nbs/13_cli.ipynb #d754c4e6
 def main(argv:list|None=None, # the arguments after `coincide`; default sys.argv[1:]
         ) -> int: # the exit status: 0 done, 2 bad input, 130 interrupted
     "Entry point of the `coincide` console script."

@@ -1,0 +1,88 @@
+"""coincide.models: tokenizer, prompt format and loss mask, save/load through the Auto classes."""
+import numpy as np, pytest, torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from coincide.core import CoincideError
+from coincide.data import load_records
+from coincide.models import (toy_benchmark, train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example,
+                             answer_mask, num_image_tokens, save_vlm, load_vlm, count_parameters, PRESETS, IMAGE_TOKEN)
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    d = toy_benchmark(tmp_path_factory.mktemp('toy'), n_train=24, n_eval=8)
+    recs = load_records(d/'train.json')
+    tok = train_tokenizer(record_texts(recs), vocab_size=200)
+    return d, recs, build_processor(tok)
+
+
+def _image(d, rec): return Image.open(d/rec['image']) if 'image' in rec else None
+
+
+def test_loss_mask_is_exactly_the_answer(toy):
+    d, recs, proc = toy
+    tok = proc.tokenizer
+    for rec in recs[:8]:
+        ex = encode_example(proc, rec, _image(d, rec))
+        m = answer_mask(ex['labels'])
+        assert torch.equal(ex['labels'][m], ex['input_ids'][m])
+        assert (ex['labels'][~m] == -100).all()
+        assert tok.decode(ex['input_ids'][m]) == ' ' + rec['conversations'][-1]['value'] + tok.eos_token
+        assert ex['input_ids'][-1] == tok.eos_token_id and m[-1] and not m[:-len(tok(' ' + rec['conversations'][-1]['value'], add_special_tokens=False).input_ids) - 1].any()
+        n_img = (ex['input_ids'] == tok.convert_tokens_to_ids(IMAGE_TOKEN)).sum().item()
+        assert n_img == (num_image_tokens(proc) if 'image' in rec else 0)
+
+
+def test_multi_turn_masks_every_answer(toy):
+    d, recs, proc = toy
+    rec = dict(recs[3], conversations=[{'from': 'human', 'value': 'what is 1 plus 1?'}, {'from': 'gpt', 'value': '2'},
+                                       {'from': 'human', 'value': 'what is 2 plus 2?'}, {'from': 'gpt', 'value': '4'}])
+    ex = encode_example(proc, rec)
+    m = answer_mask(ex['labels']).int()
+    assert (m[1:] - m[:-1] == 1).sum() == 2                      # two separate answer spans
+    assert proc.tokenizer.decode(ex['input_ids'][m.bool()]) == ' 2</s> 4</s>'
+
+
+def test_prompt_matches_chat_template_and_processor(toy):
+    d, recs, proc = toy
+    rec = recs[0]
+    q = rec['conversations'][0]['value'].replace(IMAGE_TOKEN + '\n', '')
+    msgs = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': q}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    ref = proc(images=_image(d, rec), text=text, return_tensors='pt')
+    ex = encode_example(proc, rec, _image(d, rec), prompt_only=True)
+    assert ex['input_ids'].tolist() == ref['input_ids'][0].tolist()
+    assert torch.allclose(ex["pixel_values"], ref["pixel_values"], atol=1e-5)
+
+
+def test_missing_image_is_an_error(toy):
+    d, recs, proc = toy
+    with pytest.raises(CoincideError, match='has an image but none was given'): encode_example(proc, recs[0], None)
+
+
+def test_save_load_round_trip_gives_same_logits(toy, tmp_path):
+    d, recs, proc = toy
+    model = build_tiny_llava('test', proc.tokenizer, seed=3)
+    ex = encode_example(proc, recs[0], _image(d, recs[0]))
+    with torch.no_grad(): before = model(input_ids=ex['input_ids'][None], pixel_values=ex['pixel_values']).logits
+    save_vlm(model, proc, tmp_path/'m')
+    proc2 = AutoProcessor.from_pretrained(tmp_path/'m', local_files_only=True)        # how the extraction stage loads it
+    model2 = AutoModelForImageTextToText.from_pretrained(tmp_path/'m', local_files_only=True).eval()
+    ex2 = encode_example(proc2, recs[0], _image(d, recs[0]))
+    assert torch.equal(ex2['input_ids'], ex['input_ids'])
+    with torch.no_grad(): after = model2(input_ids=ex2['input_ids'][None], pixel_values=ex2['pixel_values']).logits
+    assert torch.equal(before, after)
+    m3, p3 = load_vlm(tmp_path/'m')
+    assert count_parameters(m3) == count_parameters(model)
+
+
+def test_load_vlm_rejects_non_model_folder(toy):
+    with pytest.raises(CoincideError, match='not a model folder'): load_vlm(toy[0])
+
+
+def test_presets_have_readable_layers(toy):
+    tok = toy[2].tokenizer
+    ref = build_tiny_llava('reference', tok)
+    assert len(ref.model.language_model.layers) >= 4
+    assert count_parameters(build_tiny_llava('target', tok))['total'] > count_parameters(ref)['total']
+    assert set(PRESETS) >= {'reference', 'target', 'test'}
