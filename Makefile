@@ -32,19 +32,20 @@ check-sync: setup
 	if [ "$$(state | md5sum)" != "$$before" ]; then echo "nbdev_export changed files: notebooks and coincide/ are out of sync"; git status --porcelain; exit 1; fi; \
 	echo "nbdev_clean and nbdev_export changed nothing"
 
+# Tests run two notebooks at a time on 2 cores: one BLAS/torch thread each avoids oversubscription.
 nbtest: setup
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
 pytest: setup
-	$(BIN)/pytest tests/
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests/
 
 ## test: setup, sync checks, notebook tests, then pytest (its summary is the last line)
 test: setup check-sync nbtest pytest
 
 ## test-slow: the long cases (flagged slow) as well
 test-slow: setup
-	$(BIN)/nbdev_test --n_workers 2 --flags slow
-	$(BIN)/pytest tests/ --runslow
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ --runslow
 
 clean:
 	rm -rf $(VENV) *.egg-info
