@@ -7,7 +7,7 @@ __all__ = ['RUN_FILES', 'greedy_distinct', 'greedy_mmd', 'softmax_weights', 'all
            'check_params', 'open_run', 'cluster_table', 'early_guess', 'select_sweep', 'select_coincide',
            'save_selection', 'select_args', 'select_main', 'plot_budget', 'plot_composition']
 
-# %% ../nbs/07_selection.ipynb #efe40678
+# %% ../nbs/07_selection.ipynb #2f0c02ec
 import csv, io, math
 from pathlib import Path
 import numpy as np
@@ -17,7 +17,7 @@ from .data import check_indices, load_records, write_subset
 from .transferability import (ClusterRows, cluster_densities, cluster_index, gaussian_kernel, load_layout,
                                       sq_norms, transferability, unique_rows, weighted_row_sums)
 
-# %% ../nbs/07_selection.ipynb #e85cdcfa
+# %% ../nbs/07_selection.ipynb #f78c4135
 class _RowCache:
     "Kernel rows k(u_a, .) of distinct rows a, computed in batches and kept within a memory bound."
     def __init__(self, u:np.ndarray, sigma:float, cache_bytes:int):
@@ -46,7 +46,7 @@ class _RowCache:
         "Forget the row of distinct row `a`."
         if self.slot[a] >= 0: self.free.append(int(self.slot[a])); self.slot[a] = -1
 
-# %% ../nbs/07_selection.ipynb #96c185d1
+# %% ../nbs/07_selection.ipynb #7457c40b
 def _next_batch(a:int, f:np.ndarray, cache:_RowCache, size:int) -> np.ndarray:
     "Distinct row `a` followed by up to size-1 uncached candidates with the smallest objective."
     g = f.copy(); g[cache.slot >= 0] = np.inf; g[a] = np.inf      # (q,)
@@ -56,7 +56,7 @@ def _next_batch(a:int, f:np.ndarray, cache:_RowCache, size:int) -> np.ndarray:
     best = best[np.isfinite(g[best])]
     return np.concatenate([[a], best[np.argsort(g[best], kind='stable')]])
 
-# %% ../nbs/07_selection.ipynb #56c64a0e
+# %% ../nbs/07_selection.ipynb #1842834f
 def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
                     counts:np.ndarray, # (q,) how many members share each distinct row
                     inv:np.ndarray, # (n,) member position -> distinct row
@@ -89,7 +89,7 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
         if left[a] == 0: done[a] = True; cache.drop(a)
     return picks
 
-# %% ../nbs/07_selection.ipynb #1b8911d0
+# %% ../nbs/07_selection.ipynb #811af5de
 def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
                m:int, # how many to pick, 0 <= m <= n
                sigma:float=1.0, # Gaussian kernel bandwidth
@@ -107,7 +107,7 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
     r_u = weighted_row_sums(u, counts, sigma) if r is None else np.asarray(r, np.float64)[first]
     return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch)
 
-# %% ../nbs/07_selection.ipynb #494d80e0
+# %% ../nbs/07_selection.ipynb #e04aa350
 def softmax_weights(score:np.ndarray, # (k,) S / D
                     tau:float, # temperature
                    ) -> np.ndarray: # (k,) e = exp(score / tau), shifted by its max only if it would overflow
@@ -117,7 +117,7 @@ def softmax_weights(score:np.ndarray, # (k,) S / D
     if not np.isfinite(e.sum()) or e.sum() == 0: e = np.exp((score - np.max(score)) / tau)
     return e
 
-# %% ../nbs/07_selection.ipynb #3b7e3055
+# %% ../nbs/07_selection.ipynb #fc1ccee3
 def _renormalised_share(e_rest:np.ndarray, # (r,) weights of the unvisited clusters, the current one first
                         s_rest:np.ndarray, # (r,) their scores
                         tau:float) -> float:
@@ -127,7 +127,7 @@ def _renormalised_share(e_rest:np.ndarray, # (r,) weights of the unvisited clust
     w = np.exp((s_rest - np.max(s_rest)) / tau)
     return w[0] / np.sum(w)
 
-# %% ../nbs/07_selection.ipynb #04c70ab2
+# %% ../nbs/07_selection.ipynb #a89d8210
 def allocate_paper(score:np.ndarray, # (k,) S / D per non-empty cluster
                    sizes:np.ndarray, # (k,) members per cluster
                    budget:int, # B
@@ -148,7 +148,7 @@ def allocate_paper(score:np.ndarray, # (k,) S / D per non-empty cluster
         remaining -= int(taken[j])
     return {'P': P, 'visit': visit, 'allocated': allocated, 'taken': taken, 'shortfall': remaining}
 
-# %% ../nbs/07_selection.ipynb #68d0d6a2
+# %% ../nbs/07_selection.ipynb #2a8d497b
 def top_up(P:np.ndarray, visit:np.ndarray, # from `allocate_paper`
            sizes:np.ndarray, # (k,) members per cluster
            taken:np.ndarray, # (k,) members taken by paper mode
@@ -168,7 +168,7 @@ def top_up(P:np.ndarray, visit:np.ndarray, # from `allocate_paper`
         extra[act] += give; room[act] -= give; left -= int(give.sum())
     return extra
 
-# %% ../nbs/07_selection.ipynb #fd6e0e9e
+# %% ../nbs/07_selection.ipynb #ec145a9c
 def allocate_budget(score:np.ndarray, # (k,) S / D per non-empty cluster
                     sizes:np.ndarray, # (k,) members per cluster
                     budget:int, # B
@@ -182,7 +182,7 @@ def allocate_budget(score:np.ndarray, # (k,) S / D per non-empty cluster
     al['count'] = al['taken'] + (top_up(al['P'], al['visit'], sizes, al['taken'], budget) if mode == 'exact' else 0)
     return al
 
-# %% ../nbs/07_selection.ipynb #6f362758
+# %% ../nbs/07_selection.ipynb #8e25af93
 RUN_FILES = ('embeddings.npy', 'layout.json', 'centroids.npy', 'assignments.npy')
 
 def check_params(fraction:float, tau:float, sigma:float):
@@ -191,7 +191,7 @@ def check_params(fraction:float, tau:float, sigma:float):
     if not (math.isfinite(tau) and tau > 0): raise CoincideError(f"--tau must be > 0, got {tau}")
     if not (math.isfinite(sigma) and sigma > 0): raise CoincideError(f"--sigma must be > 0, got {sigma}")
 
-# %% ../nbs/07_selection.ipynb #736b2703
+# %% ../nbs/07_selection.ipynb #6f40995a
 def open_run(run_dir:str|Path, # the run folder
             ) -> dict: # paths, emb (memory map), blocks, centroids, assignments
     "Open and cross-check a run folder's embeddings, layout, centroids and assignments."
@@ -214,20 +214,20 @@ def open_run(run_dir:str|Path, # the run folder
     return {'run': run, 'emb_path': run/'embeddings.npy', 'n': len(emb), 'blocks': load_layout(run/'layout.json', emb.shape[1]),
             'centroids': np.asarray(cen), 'assignments': np.asarray(a)}
 
-# %% ../nbs/07_selection.ipynb #500da48e
+# %% ../nbs/07_selection.ipynb #d6f59b0b
 def cluster_table(ids, sizes, S, D, al:dict, count) -> 'pd.DataFrame':
     "The per-cluster table: cluster, size, S, D, P, allocated (offered by the reference), taken (kept in this mode)."
     import pandas as pd
     return pd.DataFrame({'cluster': ids, 'size': sizes, 'S': S, 'D': D, 'P': al['P'], 'allocated': al['allocated'], 'taken': count})
 
-# %% ../nbs/07_selection.ipynb #ee2fe425
+# %% ../nbs/07_selection.ipynb #3eb1a1e0
 def early_guess(sizes:np.ndarray, # (k,) cluster sizes
                 budget:int, # the largest budget B
                ) -> np.ndarray: # (k,) picks to make during the density pass
     "How many greedy picks to make while a cluster's rows are in memory for the density: min(n_i - 1, 2 B / k + 16)."
     return np.minimum(np.asarray(sizes) - 1, 2 * -(-budget // max(len(sizes), 1)) + 16).astype(np.int64)
 
-# %% ../nbs/07_selection.ipynb #36b537b9
+# %% ../nbs/07_selection.ipynb #caec544c
 class _Clock:
     "Record the seconds since the previous call under a name, into `timings` (if not None)."
     def __init__(self, timings:dict|None):
@@ -238,7 +238,7 @@ class _Clock:
         if self.timings is not None: self.timings[name] = self.timings.get(name, 0.0) + t - self.t
         self.t = t
 
-# %% ../nbs/07_selection.ipynb #8dafc248
+# %% ../nbs/07_selection.ipynb #f256ba42
 def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroids, assignments
                  fractions:list, # budgets as fractions of N, each in (0, 1]
                  tau:float=0.1, # softmax temperature
@@ -291,7 +291,7 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
         out[fr] = (idx.astype(np.int64), table)
     return out
 
-# %% ../nbs/07_selection.ipynb #ad2531c0
+# %% ../nbs/07_selection.ipynb #dbc98ca0
 def select_coincide(run_dir:str|Path, # run folder with embeddings, layout, centroids, assignments
                     fraction:float, # budget as a fraction of N, in (0, 1]
                     tau:float=0.1, # softmax temperature
@@ -302,7 +302,7 @@ def select_coincide(run_dir:str|Path, # run folder with embeddings, layout, cent
     "COINCIDE selection from a run folder: the selected record indices and the per-cluster table."
     return select_sweep(run_dir, [fraction], tau, sigma, mode, **kwargs)[fraction]
 
-# %% ../nbs/07_selection.ipynb #3d024152
+# %% ../nbs/07_selection.ipynb #d9156f72
 def _table_csv(table) -> str:
     "CSV text of a DataFrame or a dict of equal-length columns, floats written in full precision."
     cols = dict(table.items()) if hasattr(table, 'items') else table
@@ -311,7 +311,7 @@ def _table_csv(table) -> str:
     for row in zip(*(np.asarray(cols[c]).tolist() for c in names)): w.writerow([repr(v) if isinstance(v, float) else v for v in row])
     return out.getvalue()
 
-# %% ../nbs/07_selection.ipynb #641d736e
+# %% ../nbs/07_selection.ipynb #770f8543
 def save_selection(out_dir:str|Path, # the output folder
                    indices, # selected record indices
                    stage:str, # who selected: 'select', 'baseline', ...
@@ -336,7 +336,7 @@ def save_selection(out_dir:str|Path, # the output folder
     write_manifest(out/'manifest.json', stage, params, inputs, seed=seed, started=started, outputs=outputs, counts=counts)
     return out
 
-# %% ../nbs/07_selection.ipynb #950051fb
+# %% ../nbs/07_selection.ipynb #2a4e9915
 def select_args(p):
     "Arguments of `coincide select`."
     p.add_argument('run', help='run folder with embeddings.npy, layout.json, centroids.npy, assignments.npy')
@@ -352,7 +352,7 @@ def select_args(p):
     p.add_argument('--knn', type=int, default=4, help='neighbours for --transfer knn')
     p.add_argument('--density', choices=['paper', 'off'], default='paper', help='density: paper, or off (D=1)')
 
-# %% ../nbs/07_selection.ipynb #4b80c2b9
+# %% ../nbs/07_selection.ipynb #fa91dc97
 def _out_dirs(args) -> dict:
     "Output folder of each fraction."
     run = Path(args.run)
@@ -385,7 +385,7 @@ def select_main(args) -> int:
               f"{a['paper_selected']}, shortfall {a['shortfall']}) -> {out}")
     return 0
 
-# %% ../nbs/07_selection.ipynb #d2136ba8
+# %% ../nbs/07_selection.ipynb #2c24bbda
 def plot_budget(table, # the per-cluster table from `select_coincide`
                 ax=None):
     "Members kept per cluster (and offered by the reference) against cluster size, clusters in descending P."
@@ -398,7 +398,7 @@ def plot_budget(table, # the per-cluster table from `select_coincide`
     ax.set_xlabel('cluster, in descending P'); ax.set_ylabel('members'); ax.legend()
     return ax
 
-# %% ../nbs/07_selection.ipynb #bf4ecb29
+# %% ../nbs/07_selection.ipynb #726029c5
 def plot_composition(records:list, # all records
                      indices, # selected indices
                      ax=None):
