@@ -77,3 +77,26 @@ def test_select_survives_kill_9(tmp_path):
     reference = finished_files(out, SELECT_OUT)
     check_kills(args, out, SELECT_OUT, reference, seconds, seed=1)
     assert json.loads((out/'manifest.json').read_text())['counts']['selected'] == int(0.3 * 12_000)
+
+
+@pytest.mark.slow
+def test_extract_survives_kill_9_at_three_points(tmp_path):
+    """Kill `coincide extract` after 1, 3 and 5 of its 8 batches; each rerun resumes to the bytes of an uninterrupted run."""
+    from test_activations import SLOW_CLI, args
+    from test_families import make_records, model_spec
+    model, data = model_spec('llava', tmp_path/'models'), make_records(tmp_path/'data')
+    assert run_cli(*args(data, model, tmp_path/'whole', '--batch-size', 1)).returncode == 0
+    whole = (tmp_path/'whole'/'embeddings.npy').read_bytes()
+    for point in (1, 3, 5):
+        out = tmp_path/f'killed-{point}'
+        cmd = [sys.executable, '-c', SLOW_CLI, *map(str, args(data, model, out, '--batch-size', 1))]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        progress, t0 = out/'parts'/'part-0-of-1.progress.json', time.time()
+        while not (progress.exists() and json.loads(progress.read_text())['batches_done'] >= point):
+            assert proc.poll() is None and time.time() - t0 < 120
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL); proc.wait()
+        assert not (out/'embeddings.npy').exists()
+        res = run_cli(*args(data, model, out, '--batch-size', 1))
+        assert res.returncode == 0, res.stderr
+        assert (out/'embeddings.npy').read_bytes() == whole
