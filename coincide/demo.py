@@ -9,7 +9,7 @@ __all__ = ['PAPER_LAYERS', 'METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'sca
            'select_all', 'run_demo', 'write_results', 'plot_per_benchmark', 'plot_relative', 'plot_composition',
            'demo_args', 'demo_main']
 
-# %% ../nbs/10_demo.ipynb #6da35579
+# %% ../nbs/10_demo.ipynb #ac404098
 import hashlib, json, shutil, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -18,17 +18,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 from .core import CoincideError, save_json, atomic_write
 
-# %% ../nbs/10_demo.ipynb #62daac69
+# %% ../nbs/10_demo.ipynb #2c962bce
 PAPER_LAYERS = (3, 7, 11, 15, 19) # the paper's layers of TinyLLaVA-2.0B's 24 decoder layers
 METHODS = ('random', 'clip-score', 'el2n', 'perplexity', 'semdedup', 'd2-pruning', 'self-sup', 'self-filter', 'coincide')
 
-# %% ../nbs/10_demo.ipynb #7d7c911b
+# %% ../nbs/10_demo.ipynb #be4a5be0
 @dataclass(frozen=True)
 class DemoConfig:
     "Sizes and settings of the CPU demo; the selection settings equal the paper's."
     n_train:int=5_000 # training records of the benchmark
     n_eval:int=100 # records per evaluation suite
-    n_captions:int=1_000 # caption records for stage-1 alignment
+    n_captions:int=2_000 # caption records for stage-1 alignment
     benchmark_seed:int=0 # seed of the benchmark generator
     seeds:int=3 # target trainings per method (mean and spread are reported)
     fraction:float=0.2 # the budget (the paper: 20 % of LLaVA-665K)
@@ -41,17 +41,17 @@ class DemoConfig:
     @property
     def k(self) -> int: return max(2, round(self.n_train / self.samples_per_cluster))
 
-# %% ../nbs/10_demo.ipynb #d19da1dc
+# %% ../nbs/10_demo.ipynb #4ff908c2
 QUICK = DemoConfig(n_train=1_500, n_eval=50, n_captions=400, seeds=1)
 
-# %% ../nbs/10_demo.ipynb #9a25b81e
+# %% ../nbs/10_demo.ipynb #f9d4c3f4
 def scale_layers(depth:int, # decoder layers of the reference model
                  paper_layers:tuple=PAPER_LAYERS, # layers of a 24-layer model
                 ) -> list: # sorted distinct layer indices in [0, depth)
     "The paper's layer choice scaled to a model with `depth` decoder layers."
     return sorted({l * depth // 24 for l in paper_layers})
 
-# %% ../nbs/10_demo.ipynb #35903f19
+# %% ../nbs/10_demo.ipynb #dd72a02f
 def stage_key(name:str, # the stage, e.g. 'extract'
               params:dict, # every parameter of the stage, including upstream stage keys
              ) -> str:
@@ -59,7 +59,7 @@ def stage_key(name:str, # the stage, e.g. 'extract'
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
-# %% ../nbs/10_demo.ipynb #bcb2bf6e
+# %% ../nbs/10_demo.ipynb #51f7cb90
 def cached_stage(cache:Path, # the demo's cache folder
                  name:str, # the stage
                  params:dict, # its parameters (see `stage_key`)
@@ -75,7 +75,7 @@ def cached_stage(cache:Path, # the demo's cache folder
     save_json(done, {'stage': name, 'params': params, 'result': result})
     return folder, result
 
-# %% ../nbs/10_demo.ipynb #2eb4be1c
+# %% ../nbs/10_demo.ipynb #f0c2c5b1
 def relative_per_seed(per_seed:pd.DataFrame, # rows: method, seed, one column per suite (accuracy 0..1)
                       suites:list, # the suite columns
                      ) -> pd.Series: # relative performance (%) of each row
@@ -87,7 +87,7 @@ def relative_per_seed(per_seed:pd.DataFrame, # rows: method, seed, one column pe
     ratio = np.where(base > 0, per_seed[suites].to_numpy() / np.where(base > 0, base, 1), np.nan)   # (rows, suites)
     return pd.Series(100 * np.nanmean(ratio, 1), index=per_seed.index)
 
-# %% ../nbs/10_demo.ipynb #99a26bfa
+# %% ../nbs/10_demo.ipynb #b741b833
 def summarise(per_seed:pd.DataFrame, # rows: method, seed, fraction, select_seconds, one column per suite
               suites:list, # the suite columns
              ) -> pd.DataFrame: # one row per method: fraction, suites, relative, relative_std, select_seconds
@@ -99,7 +99,7 @@ def summarise(per_seed:pd.DataFrame, # rows: method, seed, fraction, select_seco
     order = ['full'] + out.drop('full').sort_values('relative', ascending=False).index.tolist()
     return out.loc[order].reset_index()
 
-# %% ../nbs/10_demo.ipynb #3b16a56c
+# %% ../nbs/10_demo.ipynb #7516d748
 def markdown_table(table:pd.DataFrame) -> str:
     "The results table as Markdown: accuracies in %, relative performance with its spread."
     t = table.copy()
@@ -110,7 +110,7 @@ def markdown_table(table:pd.DataFrame) -> str:
         lines.append(f"| {r.method} | {r.fraction:g} | {accs} | {r.relative:.1f} ± {r.relative_std:.1f} | {r.select_seconds:.1f} |")
     return '\n'.join(lines)
 
-# %% ../nbs/10_demo.ipynb #87d6f1e7
+# %% ../nbs/10_demo.ipynb #77336c9f
 @dataclass
 class Demo:
     "The state shared by the demo's stages."
@@ -123,7 +123,7 @@ class Demo:
     keys:dict=field(default_factory=dict) # stage name -> its cache key, for the keys of later stages
     seconds:dict=field(default_factory=dict) # stage name -> seconds it took when it was computed
 
-# %% ../nbs/10_demo.ipynb #96f933e7
+# %% ../nbs/10_demo.ipynb #ec456e63
 def _timed(fn):
     "Wrap a stage builder so that it returns {'seconds': wall time} merged into its own result."
     def build(folder):
@@ -131,14 +131,14 @@ def _timed(fn):
         return {**res, 'seconds': time.perf_counter() - t}
     return build
 
-# %% ../nbs/10_demo.ipynb #6f436fcc
+# %% ../nbs/10_demo.ipynb #6f1c45a1
 def run_stage(demo:Demo, name:str, params:dict, fn) -> tuple:
     "Run a timed, cached stage and record its key and time in `demo`; return (folder, result)."
     folder, res = cached_stage(demo.cache, name, params, _timed(fn))
     demo.keys[name], demo.seconds[name] = folder.name, res['seconds']
     return folder, res
 
-# %% ../nbs/10_demo.ipynb #7e0384e7
+# %% ../nbs/10_demo.ipynb #f0d75e18
 def benchmark_stage(demo:Demo) -> Path:
     "Generate (or reuse) the CPU benchmark and encode it once."
     from coincide.benchmark import make, load_benchmark
@@ -151,12 +151,12 @@ def benchmark_stage(demo:Demo) -> Path:
     demo.train, demo.captions, _ = load_benchmark(demo.bench)
     return demo.bench
 
-# %% ../nbs/10_demo.ipynb #efce43a4
+# %% ../nbs/10_demo.ipynb #80983dad
 def reference_stage(demo:Demo) -> Path:
     "Train the reference VLM (stage 1 on captions, stage 2 on all training records); return its model folder."
-    from coincide.training import STAGE1, STAGE2, stage1, finetune
+    from coincide.training import STAGE1, STAGE2, VISION, stage1, finetune
     from coincide.models import save_vlm
-    params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.reference_preset, 'stage1': asdict(STAGE1), 'stage2': asdict(STAGE2)}
+    params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.reference_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1), 'stage2': asdict(STAGE2)}
     def build(folder):
         stage1(demo.setup, demo.cfg.reference_preset, STAGE1, seed=0, out_dir=folder/'stage1')
         save_vlm(finetune(demo.setup, folder/'stage1', None, STAGE2, seed=0), demo.setup.processor, folder/'model')
@@ -164,12 +164,12 @@ def reference_stage(demo:Demo) -> Path:
     folder, _ = run_stage(demo, 'reference', params, build)
     return folder/'model'
 
-# %% ../nbs/10_demo.ipynb #1862edcc
+# %% ../nbs/10_demo.ipynb #a57e48a1
 def _link_run(folder:Path, run:Path):
     "Make `folder` a run folder that reads the embeddings and layout of `run` (symlinks)."
     for name in ('embeddings.npy', 'layout.json'): (folder/name).symlink_to((run/name).resolve())
 
-# %% ../nbs/10_demo.ipynb #43999d37
+# %% ../nbs/10_demo.ipynb #6b1594a9
 def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     "Extract, cluster and select with COINCIDE; return (indices, seconds of extract + cluster + select)."
     from coincide.activations import extract
@@ -190,12 +190,12 @@ def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     sel, _ = run_stage(demo, 'select-coincide', {'cluster': demo.keys['cluster'], 'fraction': c.fraction, 'tau': c.tau}, select)
     return np.load(sel/'indices.npy'), sum(demo.seconds[s] for s in ('extract', 'cluster', 'select-coincide'))
 
-# %% ../nbs/10_demo.ipynb #11b26650
+# %% ../nbs/10_demo.ipynb #4572952a
 SCORES_USED = {'random': (), 'clip-score': ('clip',), 'el2n': ('reference-pass',), 'perplexity': ('reference-pass',),
                'semdedup': ('reference-pass',), 'd2-pruning': ('reference-pass',), 'self-sup': ('reference-pass',),
                'self-filter': ('reference-pass', 'self-filter')}
 
-# %% ../nbs/10_demo.ipynb #12020478
+# %% ../nbs/10_demo.ipynb #28df8bc4
 def scores_stage(demo:Demo, ref_model:Path, target_init:Path) -> tuple:
     "Compute every baseline score once; return (run folder holding RUN/scores, seconds per score family)."
     from coincide import baselines as bl
@@ -217,7 +217,7 @@ def scores_stage(demo:Demo, ref_model:Path, target_init:Path) -> tuple:
     folder, res = run_stage(demo, 'scores', {'reference': demo.keys['reference'], 'target-init': demo.keys['target-stage1-0']}, build)
     return folder, res
 
-# %% ../nbs/10_demo.ipynb #a899db27
+# %% ../nbs/10_demo.ipynb #6fe85bc8
 def baseline_stage(demo:Demo, name:str, scores:Path, score_seconds:dict) -> tuple:
     "Select with baseline `name` from the cached scores; return (indices, select_seconds)."
     from coincide.baselines import run_baseline
@@ -225,15 +225,15 @@ def baseline_stage(demo:Demo, name:str, scores:Path, score_seconds:dict) -> tupl
     sel, res = run_stage(demo, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': demo.cfg.fraction}, build)
     return np.load(sel/'indices.npy'), res['seconds'] + sum(score_seconds[s] for s in SCORES_USED[name])
 
-# %% ../nbs/10_demo.ipynb #0a171f61
+# %% ../nbs/10_demo.ipynb #88ccb968
 def target_init_stage(demo:Demo, seed:int) -> Path:
     "The stage-1 target model of `seed`, trained once and cached."
-    from coincide.training import STAGE1, stage1
-    params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'stage1': asdict(STAGE1), 'seed': seed}
+    from coincide.training import STAGE1, VISION, stage1
+    params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1), 'seed': seed}
     folder, _ = run_stage(demo, f'target-stage1-{seed}', params, lambda f: stage1(demo.setup, demo.cfg.target_preset, STAGE1, seed, f/'model') and None)
     return folder/'model'
 
-# %% ../nbs/10_demo.ipynb #1edec462
+# %% ../nbs/10_demo.ipynb #612c8a78
 def target_stage(demo:Demo, method:str, indices, seed:int, init:Path) -> dict:
     "Instruction-tune the target on `indices` from the stage-1 model `init` and evaluate it; suite -> accuracy."
     from coincide.training import STAGE2, finetune, evaluate_vlm
@@ -246,7 +246,7 @@ def target_stage(demo:Demo, method:str, indices, seed:int, init:Path) -> dict:
     _, res = run_stage(demo, f'target-{method}-{seed}', params, build)
     return res['accuracy']
 
-# %% ../nbs/10_demo.ipynb #f5267db9
+# %% ../nbs/10_demo.ipynb #6d89f892
 def select_all(demo:Demo, ref_model:Path, inits:dict) -> dict:
     "Every method's selection: method -> (indices (m,) int64, select_seconds)."
     out = {}
@@ -257,7 +257,7 @@ def select_all(demo:Demo, ref_model:Path, inits:dict) -> dict:
         for m in baselines: out[m] = baseline_stage(demo, m, scores, secs)
     return out
 
-# %% ../nbs/10_demo.ipynb #96d87d08
+# %% ../nbs/10_demo.ipynb #b27ee8f3
 def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
              out:str|Path, # output folder: results files, plots, and the stage cache in OUT/cache
             ) -> pd.DataFrame: # the results table, one row per method (`full` first)
@@ -281,7 +281,7 @@ def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
     bar.update(1); bar.close()
     return table
 
-# %% ../nbs/10_demo.ipynb #4b678acb
+# %% ../nbs/10_demo.ipynb #3277bd5d
 def write_results(out:Path, demo:Demo, per_seed:pd.DataFrame, table:pd.DataFrame, selections:dict):
     "Write the results table (CSV, Markdown), the per-seed values, the plots and a manifest."
     from coincide.core import write_manifest, now_iso
@@ -297,7 +297,7 @@ def write_results(out:Path, demo:Demo, per_seed:pd.DataFrame, table:pd.DataFrame
                    outputs={n: out/n for n in ('results.csv', 'results_per_seed.csv', 'results.md')},
                    stage_seconds=demo.seconds, stage_keys=demo.keys)
 
-# %% ../nbs/10_demo.ipynb #014d65ed
+# %% ../nbs/10_demo.ipynb #d84bd488
 def plot_per_benchmark(per_seed:pd.DataFrame, suites:list):
     "Bars of each method's accuracy on every suite (mean over seeds, with the spread)."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -308,7 +308,7 @@ def plot_per_benchmark(per_seed:pd.DataFrame, suites:list):
     ax.set_title('accuracy per suite'); plt.close(fig)
     return fig
 
-# %% ../nbs/10_demo.ipynb #d0edbfc0
+# %% ../nbs/10_demo.ipynb #c37d1605
 def plot_relative(per_seed:pd.DataFrame, suites:list):
     "Relative performance (% of full data) of each method, mean and spread over seeds."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -321,7 +321,7 @@ def plot_relative(per_seed:pd.DataFrame, suites:list):
     ax.set_ylabel('relative performance (% of full data)'); plt.close(fig)
     return fig
 
-# %% ../nbs/10_demo.ipynb #ab855209
+# %% ../nbs/10_demo.ipynb #f344b273
 def plot_composition(records:list, # all training records
                      selections:dict, # method -> selected indices
                     ):
@@ -337,14 +337,14 @@ def plot_composition(records:list, # all training records
     plt.close(fig)
     return fig
 
-# %% ../nbs/10_demo.ipynb #b13c946c
+# %% ../nbs/10_demo.ipynb #03b53bea
 def demo_args(p):
     "Arguments of `coincide demo`."
     p.add_argument('--quick', action='store_true', help='a smaller benchmark and one seed (a first look, a few minutes)')
     p.add_argument('--out', default='demo_out', help='output folder (results, plots, and the stage cache in OUT/cache)')
     p.add_argument('--seeds', type=int, default=None, help='target trainings per method (default 3, 1 with --quick)')
 
-# %% ../nbs/10_demo.ipynb #08099590
+# %% ../nbs/10_demo.ipynb #4a17ecc0
 def demo_main(args) -> int:
     "Run `coincide demo` and print the results table."
     cfg = QUICK if args.quick else DemoConfig()

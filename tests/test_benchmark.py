@@ -74,16 +74,17 @@ def test_short_text_and_answers(loaded):
     for r in every_record(loaded):
         for t in r['conversations']:
             text = t['value'].replace('<image>\n', '')
-            assert len(text.split()) < 20 if t['from'] == 'human' else 1 <= len(text.split()) <= 3, (r['id'], text)
+            longest = 5 if r['skill'] == 'caption' else 3  # a caption of two shapes: 'red circle and blue square'
+            assert len(text.split()) < 20 if t['from'] == 'human' else 1 <= len(text.split()) <= longest, (r['id'], text)
 
 
 def test_eval_answers_in_closed_sets_and_chance(bench, loaded):
     meta = benchmark_meta(bench)
     for name, rs in loaded.evals.items():
         info = meta['suites'][name]
-        assert info['chance'] == pytest.approx(1 / len(info['answers']))
+        assert info['chance'] == pytest.approx(0.25 if info['skill'] == 'multiple_choice' else 1 / len(info['answers']))
         assert {answers(r)[-1] for r in rs} <= set(info['answers'])
-    assert meta['suites']['word_verify']['chance'] == 0.5 and meta['suites']['digit_choice']['chance'] == 0.25
+    assert meta['suites']['shape_recog']['chance'] == pytest.approx(1 / 3) and meta['suites']['digit_choice']['chance'] == 0.25
 
 
 def test_reference_answers_score_as_correct(loaded):
@@ -91,7 +92,9 @@ def test_reference_answers_score_as_correct(loaded):
         for r in rs:
             ref = answers(r)[-1]
             assert is_correct(ref, r) and is_correct(f' {ref.upper()}. ', r) and not is_correct(ref + ' x', r)
-            if 'choices' in r: assert is_correct(r['choices'][ord(ref) - ord('A')], r)
+            if 'choices' in r:
+                letter = 'ABCD'[r['choices'].index(ref)]
+                assert is_correct(letter, r) and is_correct(f'{letter}. {ref}', r) and not is_correct('ABCD'[(r['choices'].index(ref) + 1) % 4], r)
 
 
 # ---- labels agree with the pixels --------------------------------------------------------------
@@ -194,7 +197,7 @@ def test_held_out_suites_are_unseen_compositions(bench, loaded):
     train_pairs = {(r['concept'], r['skill']) for r in loaded.train}
     concepts, skills = {c for c, _ in train_pairs}, {s for _, s in train_pairs}
     held = {n for n, (_, h) in SUITES.items() if h}
-    assert len(held) >= 3 and held == {n for n, v in benchmark_meta(bench)['suites'].items() if v['held_out']}
+    assert len(held) >= 1 and held == {n for n, v in benchmark_meta(bench)['suites'].items() if v['held_out']}
     for name, rs in loaded.evals.items():
         pairs = {(r['concept'], r['skill']) for r in rs}
         if name in held:

@@ -52,6 +52,7 @@ def check_kills(args, folder, names, reference, seconds, seed):
             else: assert data.endswith(b'\n')
         res = run_cli(*args); assert res.returncode == 0, res.stderr
         assert finished_files(folder, names) == reference
+        assert not [p.name for n in names for p in folder.glob(f'.{n}.*.part')]  # the rerun removed the killed writer's temporary files
 
 
 CLUSTER_OUT = ['centroids.npy', 'assignments.npy']
