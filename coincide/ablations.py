@@ -8,7 +8,7 @@ __all__ = ['SEEDS', 'FRACTIONS', 'MARK', 'feature_subset', 'open_demo', 'feature
            'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line', 'committed_summary',
            'compare_summaries']
 
-# %% ../nbs/11_ablations.ipynb #65d70d61
+# %% ../nbs/11_ablations.ipynb #ef512368
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from .core import CoincideError, load_npy, save_npy, save_json
 from .transferability import load_layout
-from .demo import (DemoConfig, Demo, cached_stage, benchmark_stage, reference_stage, coincide_stages, scores_stage,
+from .demo import (DemoConfig, Demo, cached_stage, _timed, benchmark_stage, reference_stage, coincide_stages, scores_stage,
                    target_init_stage, target_stage, relative_per_seed)
 
-# %% ../nbs/11_ablations.ipynb #afc25d40
+# %% ../nbs/11_ablations.ipynb #21cc25f0
 def _subset_blocks(blocks:list, layers, modality) -> list:
     "The blocks of the chosen layers and modality, in column order."
     keep = [b for b in blocks if (layers is None or b['layer'] in layers) and (modality is None or b['modality'] == modality)]
@@ -27,7 +27,7 @@ def _subset_blocks(blocks:list, layers, modality) -> list:
                                      f"the run has layers {sorted({b['layer'] for b in blocks})}")
     return keep
 
-# %% ../nbs/11_ablations.ipynb #b175c3a0
+# %% ../nbs/11_ablations.ipynb #7feb08ec
 def feature_subset(src:str|Path, # run folder with embeddings.npy (N, D) float16 and layout.json
                    out:str|Path, # run folder to write: embeddings.npy (N, D') float16 and layout.json
                    layers:list|None=None, # decoder layers to keep (None: all)
@@ -53,11 +53,11 @@ def feature_subset(src:str|Path, # run folder with embeddings.npy (N, D) float16
                                   'derived_from': str(src), 'layers': layers, 'modality': modality})
     return {'rows': len(sub), 'columns': int(sub.shape[1]), 'fallback_rows': int(empty.sum()) if modality else 0}
 
-# %% ../nbs/11_ablations.ipynb #9862bc97
+# %% ../nbs/11_ablations.ipynb #a27eda54
 SEEDS = (0, 1) # target trainings per setting
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6) # the data-ratio sweep
 
-# %% ../nbs/11_ablations.ipynb #0c203ec1
+# %% ../nbs/11_ablations.ipynb #b23cfcf1
 def open_demo(cfg:DemoConfig, # the demo's settings (`DemoConfig()` shares the cache of `make demo`)
               out:str|Path, # the demo's output folder; its stage cache is OUT/cache
              ) -> tuple: # (Demo, reference model folder, {seed: stage-1 target folder})
@@ -68,7 +68,7 @@ def open_demo(cfg:DemoConfig, # the demo's settings (`DemoConfig()` shares the c
     coincide_stages(demo, ref); scores_stage(demo, ref, inits[0])
     return demo, ref, inits
 
-# %% ../nbs/11_ablations.ipynb #9d031628
+# %% ../nbs/11_ablations.ipynb #fd0ac217
 def feature_variant(demo:Demo, # from `open_demo`
                     layers:list|None=None, # layers to keep (None: all)
                     modality:str|None=None, # 'vision', 'text' or None
@@ -79,7 +79,7 @@ def feature_variant(demo:Demo, # from `open_demo`
                              lambda f: feature_subset(src, f, layers, modality))
     return folder.name
 
-# %% ../nbs/11_ablations.ipynb #f226cf80
+# %% ../nbs/11_ablations.ipynb #16c83a2d
 def cluster_variant(demo:Demo, # from `open_demo`
                     run_key:str, # stage key of a run folder with embeddings and layout
                     k:int, # clusters
@@ -89,9 +89,9 @@ def cluster_variant(demo:Demo, # from `open_demo`
     def build(f):
         for name in ('embeddings.npy', 'layout.json'): (f/name).symlink_to((demo.cache/run_key/name).resolve())
         cluster_run(f, k)
-    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, build)[0]
+    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, _timed(build))[0]
 
-# %% ../nbs/11_ablations.ipynb #224cd981
+# %% ../nbs/11_ablations.ipynb #dd8e3efd
 def reference_variant(demo:Demo, # from `open_demo`
                       preset:str, # reference size, a name in `coincide.models.PRESETS`
                      ) -> Demo: # a copy of `demo` whose keys point at that reference's extraction and clusters
@@ -100,12 +100,12 @@ def reference_variant(demo:Demo, # from `open_demo`
     coincide_stages(other, reference_stage(other))
     return other
 
-# %% ../nbs/11_ablations.ipynb #08987981
+# %% ../nbs/11_ablations.ipynb #c2dd54e4
 def coincide_sweep(demo:Demo, # from `open_demo`
                    run:Path, # a clustered run folder
                    fractions:tuple=(0.2,), # budgets
                    **kwargs, # tau, mode, transfer, density_mode, transfer_columns (see `coincide.selection.select_sweep`)
-                  ) -> dict: # fraction -> (m,) int64 selected indices; the budget accounting is in RUN/sweep.json
+                  ) -> dict: # fraction -> (m,) int64 selected indices; the budget accounting is in the stage's done.json
     "COINCIDE selections of a run for several budgets from one greedy pass (cached)."
     from coincide.selection import select_sweep
     def build(f):
@@ -115,7 +115,7 @@ def coincide_sweep(demo:Demo, # from `open_demo`
     folder, _ = cached_stage(demo.cache, 'sweep', {'run': run.name, 'fractions': list(fractions), **kwargs}, build)
     return {fr: load_npy(folder/f'{fr}.npy', mmap=False) for fr in fractions}
 
-# %% ../nbs/11_ablations.ipynb #472005a5
+# %% ../nbs/11_ablations.ipynb #69e2fef3
 def budget_accounting(demo:Demo, run:Path, fractions:tuple, **kwargs) -> pd.DataFrame:
     "Budget, records selected in exact mode, and records the paper's procedure would select, per fraction."
     coincide_sweep(demo, run, fractions, **kwargs)
@@ -124,7 +124,7 @@ def budget_accounting(demo:Demo, run:Path, fractions:tuple, **kwargs) -> pd.Data
     t = pd.DataFrame(acc).T.rename_axis('fraction').reset_index()
     return t.assign(paper_share=t.paper_selected / t.budget)
 
-# %% ../nbs/11_ablations.ipynb #b559fe39
+# %% ../nbs/11_ablations.ipynb #bc531279
 def baseline_indices(demo:Demo, # from `open_demo`
                      name:str, # a baseline of `coincide.baselines`
                      fraction:float, # the budget
@@ -133,10 +133,10 @@ def baseline_indices(demo:Demo, # from `open_demo`
     from coincide.baselines import run_baseline
     scores = demo.cache/demo.keys['scores']
     folder, _ = cached_stage(demo.cache, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': fraction},
-                             lambda f: run_baseline(name, scores, fraction, out=f, records=demo.train, seed=0) and None)
+                             _timed(lambda f: run_baseline(name, scores, fraction, out=f, records=demo.train, seed=0) and None))
     return load_npy(folder/'indices.npy', mmap=False)
 
-# %% ../nbs/11_ablations.ipynb #d16bf267
+# %% ../nbs/11_ablations.ipynb #1ed49cc8
 def train_rows(demo:Demo, # from `open_demo`
                inits:dict, # seed -> stage-1 target folder
                method:str, # 'full', 'coincide' or a baseline (names the cache entry)
@@ -148,7 +148,7 @@ def train_rows(demo:Demo, # from `open_demo`
     n = len(demo.train) if indices is None else len(indices)
     return [{**label, 'method': method, 'seed': s, 'n_selected': n, **target_stage(demo, method, indices, s, inits[s])} for s in seeds]
 
-# %% ../nbs/11_ablations.ipynb #5298db71
+# %% ../nbs/11_ablations.ipynb #70ee60b7
 def with_relative(rows:list, # from `train_rows`, including the 'full' rows of every seed
                   suites:list, # suite columns
                  ) -> pd.DataFrame: # the rows with a `relative` column (%), full rows dropped
@@ -156,34 +156,35 @@ def with_relative(rows:list, # from `train_rows`, including the 'full' rows of e
     df = pd.DataFrame(rows)
     return df.assign(relative=relative_per_seed(df, suites))[lambda d: d.method != 'full'].reset_index(drop=True)
 
-# %% ../nbs/11_ablations.ipynb #a7e78143
+# %% ../nbs/11_ablations.ipynb #960d4123
 def summarise_settings(df:pd.DataFrame) -> pd.DataFrame:
     "Mean and spread (std over seeds) of the relative performance per ablation and setting, in run order."
     g = df.groupby(['ablation', 'setting', 'method'], sort=False)['relative']
     return g.agg(relative='mean', spread=lambda r: r.std(ddof=0), seeds='size').reset_index()
 
-# %% ../nbs/11_ablations.ipynb #dbf4e5d0
+# %% ../nbs/11_ablations.ipynb #a4542b75
 def plot_ratio_sweep(df:pd.DataFrame): # rows of the 'ratio' ablation: fraction, method, relative
     "Relative performance against the data ratio per method (mean over seeds, band: spread)."
     import matplotlib.pyplot as plt, seaborn as sns
+    from matplotlib.ticker import NullLocator
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(df, x='fraction', y='relative', hue='method', style='method', markers=True, dashes=False, errorbar='sd', ax=ax)
-    ax.axhline(100, color='k', lw=0.8, ls='--'); ax.set_xscale('log')
+    ax.axhline(100, color='k', lw=0.8, ls='--'); ax.set_xscale('log'); ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(sorted(df.fraction.unique()), [f'{f:.0%}' for f in sorted(df.fraction.unique())])
     ax.set_xlabel('data ratio'); ax.set_ylabel('relative performance (% of full data)'); plt.close(fig)
     return fig
 
-# %% ../nbs/11_ablations.ipynb #f49e313b
+# %% ../nbs/11_ablations.ipynb #68c33ef5
 def plot_settings(df:pd.DataFrame): # COINCIDE rows of the 20 % ablations: ablation, setting, relative
     "One panel per ablation: relative performance of each setting (bar: mean over seeds, line: spread)."
     import seaborn as sns, matplotlib.pyplot as plt
     g = sns.catplot(df, kind='bar', x='setting', y='relative', col='ablation', col_wrap=4, sharex=False, errorbar='sd',
                     height=2.8, aspect=1.1, color='tab:blue')
     for ax in g.axes.flat: ax.tick_params(axis='x', rotation=30, labelsize=7); ax.axhline(100, color='k', lw=0.8, ls='--')
-    g.set_titles('{col_name}'); g.set_ylabels('relative (%)'); plt.close(g.figure)
+    g.set_titles('{col_name}'); g.set_ylabels('relative (%)'); g.figure.subplots_adjust(hspace=0.7); plt.close(g.figure)
     return g.figure
 
-# %% ../nbs/11_ablations.ipynb #efc84514
+# %% ../nbs/11_ablations.ipynb #d4507024
 MARK = 'ABLATION_SUMMARY '
 
 def summary_line(summary:pd.DataFrame) -> str:
@@ -198,8 +199,8 @@ def committed_summary(nb_path:str|Path) -> pd.DataFrame|None: # None if the note
                 if line.startswith(MARK): return pd.DataFrame(json.loads(line[len(MARK):]))
     return None
 
-# %% ../nbs/11_ablations.ipynb #8b75f1f0
-def compare_summaries(saved:pd.DataFrame, fresh:pd.DataFrame, # from `summarise_settings` / `committed_summary`
+# %% ../nbs/11_ablations.ipynb #6e934629
+def compare_summaries(saved:pd.DataFrame, fresh:pd.DataFrame, # from `committed_summary` / `summarise_settings`
                       floor:float=0.5, # smallest tolerance, in points of relative performance
                      ) -> pd.DataFrame: # the rows that differ by more than their spread
     "Settings whose fresh mean differs from the saved mean by more than max(saved spread, fresh spread, floor)."
