@@ -303,4 +303,4 @@ def test_default_size_generates_within_a_minute(tmp_path):
     out = make(tmp_path/'full')
     assert time.process_time() - t0 < 60
     train, caps, evals = load_benchmark(out)
-    assert len(train) == 10_000 and len(caps) == 2_000 and all(len(v) == 200 for v in evals.values())
+    assert len(train) == 10_000 and len(caps) == 4_000 and all(len(v) == 200 for v in evals.values())
