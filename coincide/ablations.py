@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import CoincideError, load_npy, save_npy, save_json
+from .core import CoincideError, load_npy, save_npy, save_json, l2_normalize
 from .transferability import load_layout
-from .demo import (DemoConfig, Demo, cached_stage, _timed, benchmark_stage, reference_stage, coincide_stages, scores_stage,
+from .demo import (DemoConfig, Demo, cached_stage, _timed, _link_run, benchmark_stage, reference_stage, coincide_stages, scores_stage,
                    target_init_stage, target_stage, relative_per_seed)
 
 # %% ../nbs/11_ablations.ipynb #21cc25f0
@@ -44,11 +44,11 @@ def feature_subset(src:str|Path, # run folder with embeddings.npy (N, D) float16
         twin = {b['layer']: b for b in blocks if b['modality'] != modality}
         alt = np.concatenate([x[:, twin[b['layer']]['start']:twin[b['layer']]['stop']] for b in keep], 1)  # (N, D')
         sub[empty] = alt[empty]
-    norms = np.linalg.norm(sub, axis=1, keepdims=True)                               # (N, 1)
-    if (norms == 0).any(): raise CoincideError(f"{src/'embeddings.npy'}: {int((norms == 0).sum())} rows are zero in every chosen block")
+    zero = ~(sub != 0).any(1)                                                        # (N,) still without a feature
+    if zero.any(): raise CoincideError(f"{src/'embeddings.npy'}: {int(zero.sum())} rows are zero in every chosen block")
     widths = np.cumsum([0] + [b['stop'] - b['start'] for b in keep])
     out.mkdir(parents=True, exist_ok=True)
-    save_npy(out/'embeddings.npy', (sub / norms).astype(np.float16))
+    save_npy(out/'embeddings.npy', l2_normalize(sub).astype(np.float16))
     save_json(out/'layout.json', {'blocks': [{**b, 'start': int(s), 'stop': int(e)} for b, s, e in zip(keep, widths[:-1], widths[1:])],
                                   'derived_from': str(src), 'layers': layers, 'modality': modality})
     return {'rows': len(sub), 'columns': int(sub.shape[1]), 'fallback_rows': int(empty.sum()) if modality else 0}
@@ -86,9 +86,7 @@ def cluster_variant(demo:Demo, # from `open_demo`
                    ) -> Path: # the clustered run folder
     "Cluster a run into `k` clusters with the paper's k-means settings (cached under the demo's 'cluster' key)."
     from coincide.clustering import cluster_run
-    def build(f):
-        for name in ('embeddings.npy', 'layout.json'): (f/name).symlink_to((demo.cache/run_key/name).resolve())
-        cluster_run(f, k)
+    def build(f): _link_run(f, demo.cache/run_key); cluster_run(f, k)
     return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, _timed(build))[0]
 
 # %% ../nbs/11_ablations.ipynb #dd8e3efd
@@ -101,27 +99,28 @@ def reference_variant(demo:Demo, # from `open_demo`
     return other
 
 # %% ../nbs/11_ablations.ipynb #c2dd54e4
-def coincide_sweep(demo:Demo, # from `open_demo`
-                   run:Path, # a clustered run folder
-                   fractions:tuple=(0.2,), # budgets
-                   **kwargs, # tau, mode, transfer, density_mode, transfer_columns (see `coincide.selection.select_sweep`)
-                  ) -> dict: # fraction -> (m,) int64 selected indices; the budget accounting is in the stage's done.json
-    "COINCIDE selections of a run for several budgets from one greedy pass (cached)."
+def _sweep(demo:Demo, run:Path, fractions:tuple, **kwargs) -> tuple: # (stage folder, fraction -> budget accounting)
+    "Run (or read back) one cached COINCIDE sweep: indices per fraction in the folder, budget accounting as its result."
     from coincide.selection import select_sweep
     def build(f):
         res = select_sweep(run, list(fractions), progress=False, **kwargs)
         for fr, (idx, _) in res.items(): save_npy(f/f'{fr}.npy', idx)
         return {str(fr): {k: t.attrs[k] for k in ('budget', 'selected', 'paper_selected', 'shortfall')} for fr, (_, t) in res.items()}
-    folder, _ = cached_stage(demo.cache, 'sweep', {'run': run.name, 'fractions': list(fractions), **kwargs}, build)
+    return cached_stage(demo.cache, 'sweep', {'run': run.name, 'fractions': list(fractions), **kwargs}, build)
+
+def coincide_sweep(demo:Demo, # from `open_demo`
+                   run:Path, # a clustered run folder
+                   fractions:tuple=(0.2,), # budgets
+                   **kwargs, # tau, mode, transfer, density_mode, transfer_columns (see `coincide.selection.select_sweep`)
+                  ) -> dict: # fraction -> (m,) int64 selected indices
+    "COINCIDE selections of a run for several budgets from one greedy pass (cached)."
+    folder, _ = _sweep(demo, run, fractions, **kwargs)
     return {fr: load_npy(folder/f'{fr}.npy', mmap=False) for fr in fractions}
 
 # %% ../nbs/11_ablations.ipynb #69e2fef3
 def budget_accounting(demo:Demo, run:Path, fractions:tuple, **kwargs) -> pd.DataFrame:
     "Budget, records selected in exact mode, and records the paper's procedure would select, per fraction."
-    coincide_sweep(demo, run, fractions, **kwargs)
-    from coincide.demo import stage_key
-    acc = json.loads((demo.cache/stage_key('sweep', {'run': run.name, 'fractions': list(fractions), **kwargs})/'done.json').read_text())['result']
-    t = pd.DataFrame(acc).T.rename_axis('fraction').reset_index()
+    t = pd.DataFrame(_sweep(demo, run, fractions, **kwargs)[1]).T.rename_axis('fraction').reset_index()
     return t.assign(paper_share=t.paper_selected / t.budget)
 
 # %% ../nbs/11_ablations.ipynb #bc531279

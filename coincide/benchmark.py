@@ -18,7 +18,7 @@ __all__ = ['VERSION', 'SIZE', 'BG', 'COLOURS', 'SHAPES', 'WORDS', 'PHOTOS', 'YES
            'expected_answers', 'normalize_answer', 'reference_answer', 'accepted_answers', 'is_correct',
            'benchmark_args', 'benchmark_main']
 
-# %% ../nbs/02_benchmark.ipynb #c8d978a5
+# %% ../nbs/02_benchmark.ipynb #b298d916
 import functools, hashlib, json, os, re, shutil, string, struct, tempfile, zlib
 from dataclasses import dataclass
 from importlib.metadata import version, PackageNotFoundError
@@ -31,7 +31,7 @@ from .core import CoincideError, atomic_write, save_json, sha256_file
 from .data import load_records
 from scipy import ndimage
 
-# %% ../nbs/02_benchmark.ipynb #5a7d3a29
+# %% ../nbs/02_benchmark.ipynb #bfef991d
 VERSION = 6 # bump when the generator's output changes for the same params
 SIZE = 32 # images are SIZE x SIZE RGB
 BG = np.array([24, 24, 24], np.uint8) # background of drawn images
@@ -50,7 +50,7 @@ PLUS = tuple(str(i) for i in range(1, 13)) # answers of 'digit plus k', k = 1..3
 COUNTS = tuple(str(i) for i in range(1, 6))
 RELATIONS = ('left', 'right', 'above', 'below')
 
-# %% ../nbs/02_benchmark.ipynb #f318806a
+# %% ../nbs/02_benchmark.ipynb #e2377c7f
 def digit_pixels(d:np.ndarray, # (8, 8) sklearn digit, values 0..16
                  scale:int=4, # pixel repeat: 4 gives 32 x 32
                 ) -> np.ndarray: # (8*scale, 8*scale, 3) uint8
@@ -59,7 +59,7 @@ def digit_pixels(d:np.ndarray, # (8, 8) sklearn digit, values 0..16
     g = np.repeat(np.repeat(g, scale, 0), scale, 1)                     # (8s, 8s)
     return np.repeat(g[..., None], 3, 2)                                 # (8s, 8s, 3)
 
-# %% ../nbs/02_benchmark.ipynb #ddf6004e
+# %% ../nbs/02_benchmark.ipynb #985e0bc0
 @functools.lru_cache(None)
 def sklearn_digits() -> tuple: # (images (1797, 8, 8) int64, labels (1797,) int64)
     "scikit-learn's handwritten digits, read once (parsing them takes seconds)."
@@ -75,7 +75,7 @@ def digit_pool(split:str, # 'train' (index % 5 != 0) or 'eval' (index % 5 == 0)
     keep = (np.arange(len(labels)) % 5 == 0) == (split == 'eval')
     return ims[keep], labels[keep]
 
-# %% ../nbs/02_benchmark.ipynb #5f4f2c4d
+# %% ../nbs/02_benchmark.ipynb #3f0ede05
 @functools.lru_cache(None)
 def photo_pool() -> dict:
     "answer -> (96, 96, 3) uint8 base image, from scikit-image's sample photos."
@@ -91,7 +91,7 @@ def photo_pool() -> dict:
         out[name] = np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR))
     return out
 
-# %% ../nbs/02_benchmark.ipynb #3108802a
+# %% ../nbs/02_benchmark.ipynb #324d3220
 def photo_crop(rng:np.random.Generator, base:np.ndarray, # (96, 96, 3) uint8
               ) -> np.ndarray: # (SIZE, SIZE, 3) uint8
     "A random crop of `base` (64..96 pixels, maybe mirrored) resized to SIZE x SIZE."
@@ -100,7 +100,7 @@ def photo_crop(rng:np.random.Generator, base:np.ndarray, # (96, 96, 3) uint8
     if rng.random() < 0.5: crop = crop[:, ::-1]
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((SIZE, SIZE), Image.BILINEAR))
 
-# %% ../nbs/02_benchmark.ipynb #cda3dd1b
+# %% ../nbs/02_benchmark.ipynb #4f9b749b
 def render_word(word:str) -> np.ndarray: # (h, w) bool, tight around the ink
     "The binary mask of `word` in PIL's default font, without anti-aliasing, stretched to twice its height."
     im = Image.new('L', (SIZE * 2, SIZE)); dr = ImageDraw.Draw(im); dr.fontmode = '1'
@@ -114,7 +114,7 @@ def word_masks() -> dict:
     "word -> its rendered mask, for every word in `WORDS`."
     return {w: render_word(w) for w in WORDS}
 
-# %% ../nbs/02_benchmark.ipynb #69f9cf51
+# %% ../nbs/02_benchmark.ipynb #9f343940
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE]
 CELLS = (5, 15, 26) # centres of the 3 x 3 grid used by multi-shape scenes
 
@@ -130,7 +130,7 @@ def canvas() -> np.ndarray: # (SIZE, SIZE, 3) uint8
     "An empty background image."
     return np.broadcast_to(BG, (SIZE, SIZE, 3)).copy()
 
-# %% ../nbs/02_benchmark.ipynb #3d6bc8c0
+# %% ../nbs/02_benchmark.ipynb #1288eb9f
 def draw_single(rng:np.random.Generator, kind:str, colour:str) -> np.ndarray: # (SIZE, SIZE, 3) uint8
     "One large shape (radius 6..11) at a random place, one pixel clear of the border."
     r = int(rng.integers(6, 12)); cx, cy = rng.integers(r + 1, SIZE - r - 1, 2)
@@ -148,7 +148,7 @@ def draw_scene(rng:np.random.Generator, items:list, # [(kind, colour), ...], at 
         img[shape_mask(kind, CELLS[cell % 3] + j[0], CELLS[cell // 3] + j[1], r)] = COLOURS[colour]
     return img
 
-# %% ../nbs/02_benchmark.ipynb #7a15ed8b
+# %% ../nbs/02_benchmark.ipynb #e14aedef
 def blobs(img:np.ndarray, # (SIZE, SIZE, 3) uint8, a drawn image
          ) -> list: # [(SIZE, SIZE) bool mask, ...] in scan order
     "Connected regions of non-background pixels (8-connectivity)."
@@ -167,7 +167,7 @@ def colour_of(img:np.ndarray, mask:np.ndarray) -> str:
     mean = img[mask].mean(0)                                             # (3,)
     return min(COLOURS, key=lambda c: np.abs(np.array(COLOURS[c]) - mean).sum())
 
-# %% ../nbs/02_benchmark.ipynb #b3cdd731
+# %% ../nbs/02_benchmark.ipynb #5b195ab9
 @dataclass
 class Sample:
     "One generated example before it is written out."
@@ -177,11 +177,11 @@ class Sample:
     skill:str # recognition, verification, counting, spatial, reading, arithmetic, description, multiple_choice, instruction, caption
     choices:list|None=None # options of a multiple-choice question, in the order listed
 
-# %% ../nbs/02_benchmark.ipynb #f40e6d8d
+# %% ../nbs/02_benchmark.ipynb #e6e8b17f
 def _pick(rng, seq): return seq[int(rng.integers(len(seq)))]
 def _colour(rng): return _pick(rng, tuple(COLOURS))
 
-# %% ../nbs/02_benchmark.ipynb #ba14ede8
+# %% ../nbs/02_benchmark.ipynb #8edaac2d
 def task_shape_recog(rng, split):
     "What shape is this? -> circle"
     k, c = _pick(rng, SHAPES), _colour(rng)
@@ -205,7 +205,7 @@ def task_dialog(rng, split):
     k, c = _pick(rng, SHAPES), _colour(rng)
     return Sample(draw_single(rng, k, c), [('What shape is this?', k), ('What colour is it?', c)], k, 'description')
 
-# %% ../nbs/02_benchmark.ipynb #8f21c1ad
+# %% ../nbs/02_benchmark.ipynb #060b6035
 def _count(rng, kind):
     "1..5 shapes of `kind` in random colours, plus 0..2 shapes of other kinds."
     n = int(rng.integers(1, 6)); others = [s for s in SHAPES if s != kind]
@@ -221,7 +221,7 @@ def task_count_triangle(rng, split):
     "How many triangles are there? -> 2 (never asked in training)"
     return _count(rng, 'triangle')
 
-# %% ../nbs/02_benchmark.ipynb #63f3b307
+# %% ../nbs/02_benchmark.ipynb #9a1529a5
 def place_two(rng:np.random.Generator, r:int) -> tuple: # ([(x, y), (x, y)], relation of the first to the second)
     "Centres of two shapes of radius `r` far apart along one axis (at least two clear pixels between them) and close along the other."
     lo, hi = r + 1, SIZE - r - 2
@@ -252,7 +252,7 @@ def task_exists(rng, split):
     ask = _pick(rng, cols) if rng.random() < 0.5 else _pick(rng, [c for c in COLOURS if c not in cols])
     return Sample(img, [(f'Is there a {ask} shape?', 'yes' if ask in cols else 'no')], 'colour', 'verification')
 
-# %% ../nbs/02_benchmark.ipynb #54a5e423
+# %% ../nbs/02_benchmark.ipynb #94f876ec
 def _digit(rng, split):
     "A random digit image of the split and its label."
     ims, labels = digit_pool(split); i = int(rng.integers(len(labels)))
@@ -275,7 +275,7 @@ def task_digit_sum(rng, split):
     q = _pick(rng, (f'What is this digit plus {k}?', f'Add {k} to the digit.'))
     return Sample(img, [(q, str(y + k))], 'digit', 'arithmetic')
 
-# %% ../nbs/02_benchmark.ipynb #647709c5
+# %% ../nbs/02_benchmark.ipynb #41f53ad2
 def _choice(rng, truth, options, question, concept, img):
     "A multiple-choice sample: `truth` and three other `options` in random order, answered with the option itself."
     opts = [truth] + [str(o) for o in rng.choice([o for o in options if o != truth], 3, replace=False)]
@@ -292,7 +292,7 @@ def task_digit_choice(rng, split):
     img, y = _digit(rng, split)
     return _choice(rng, str(y), DIGITS, 'Which digit is shown?', 'digit', img)
 
-# %% ../nbs/02_benchmark.ipynb #9a128725
+# %% ../nbs/02_benchmark.ipynb #5141a9d1
 def _photo(rng):
     "A random photo crop and its answer."
     name = _pick(rng, tuple(PHOTOS))
@@ -314,7 +314,7 @@ def task_photo_choice(rng, split):
     img, y = _photo(rng)
     return _choice(rng, y, tuple(PHOTOS), 'What is in the photo?', 'photo', img)
 
-# %% ../nbs/02_benchmark.ipynb #5a8a6b3d
+# %% ../nbs/02_benchmark.ipynb #54b90ae6
 def draw_word(rng, word:str) -> tuple: # ((SIZE, SIZE, 3) uint8, colour name)
     "`word` written near the centre (shifted by up to 2 pixels) in a random colour."
     m = word_masks()[word]; colour = _colour(rng)
@@ -338,7 +338,7 @@ def task_word_verify(rng, split):
     k = w if rng.random() < 0.5 else _pick(rng, [v for v in WORDS if v != w])
     return Sample(img, [(f'Does the image say {k}?', 'yes' if k == w else 'no')], 'word', 'verification')
 
-# %% ../nbs/02_benchmark.ipynb #bea0ddc5
+# %% ../nbs/02_benchmark.ipynb #02cdb8ad
 OPPOSITES = {'up': 'down', 'big': 'small', 'hot': 'cold', 'left': 'right', 'day': 'night', 'open': 'closed', 'yes': 'no'}
 THINGS = {'grass': 'green', 'the sky': 'blue', 'snow': 'white', 'a banana': 'yellow', 'blood': 'red', 'a grape': 'purple'}
 
@@ -356,7 +356,7 @@ def task_text_qa(rng, split):
     t = _pick(rng, tuple(THINGS))
     return Sample(None, [(f'What colour is {t}?', THINGS[t])], 'world', 'instruction')
 
-# %% ../nbs/02_benchmark.ipynb #d4657613
+# %% ../nbs/02_benchmark.ipynb #48d4c99d
 def two_caption(img:np.ndarray) -> str: # (SIZE, SIZE, 3) uint8 with two shapes
     "'red circle and blue square': the shapes in scan order (top to bottom, then left to right)."
     return ' and '.join(f'{colour_of(img, b)} {kind_of(b)}' for b in blobs(img))
@@ -379,7 +379,7 @@ def task_caption(rng, split):
     cols = _two_colours(rng); img = draw_two(rng, cols)[0]
     return Sample(img, [(q, two_caption(img))], 'colour', 'caption')
 
-# %% ../nbs/02_benchmark.ipynb #a1a53d62
+# %% ../nbs/02_benchmark.ipynb #397fd2e2
 TASKS = {
     'shape_recog': (task_shape_recog, SHAPES), 'colour_recog': (task_colour_recog, tuple(COLOURS)),
     'describe': (task_describe, tuple(f'{c} {k}' for c in COLOURS for k in SHAPES)), 'dialog': (task_dialog, tuple(COLOURS)),
@@ -392,7 +392,7 @@ TASKS = {
     'caption': (task_caption, ()),
 }
 
-# %% ../nbs/02_benchmark.ipynb #9fea7793
+# %% ../nbs/02_benchmark.ipynb #19794112
 SOURCES = { # name: (share of n_train, near-duplicate share, noisy-answer share, {task: weight})
     'shapes_web': (0.30, 0.25, 0.10, {'shape_recog': 2, 'colour_recog': 2, 'count': 2, 'exists': 2, 'describe': 1, 'colour_choice': 1}),
     'digits':     (0.22, 0.03, 0.02, {'digit_recog': 3, 'digit_verify': 1, 'digit_sum': 2, 'digit_choice': 1}),
@@ -403,7 +403,7 @@ SOURCES = { # name: (share of n_train, near-duplicate share, noisy-answer share,
     'dialog':     (0.05, 0.00, 0.02, {'dialog': 1}),
 }
 
-# %% ../nbs/02_benchmark.ipynb #73ce5089
+# %% ../nbs/02_benchmark.ipynb #08dedb5d
 SUITES = { # name: (task, held out: the suite's (concept, skill) pairs never occur in training)
     'digit_recog': ('digit_recog', False), 'digit_sum': ('digit_sum', False), 'digit_choice': ('digit_choice', False),
     'photo_recog': ('photo_recog', False), 'photo_choice': ('photo_choice', False),
@@ -413,7 +413,7 @@ SUITES = { # name: (task, held out: the suite's (concept, skill) pairs never occ
     'text_qa': ('text_qa', False),
 }
 
-# %% ../nbs/02_benchmark.ipynb #e910cc76
+# %% ../nbs/02_benchmark.ipynb #6c039511
 def to_record(s:Sample, rid:str, image:str|None, **fields) -> dict:
     "A LLaVA record from a sample: `<image>` leads the first question when there is an image."
     conv = []
@@ -423,7 +423,7 @@ def to_record(s:Sample, rid:str, image:str|None, **fields) -> dict:
     if s.choices: rec['choices'] = list(s.choices)
     return rec
 
-# %% ../nbs/02_benchmark.ipynb #18eb8b20
+# %% ../nbs/02_benchmark.ipynb #af8a3cbe
 def jitter(rng:np.random.Generator, img:np.ndarray, # (SIZE, SIZE, 3) uint8
           ) -> np.ndarray: # (SIZE, SIZE, 3) uint8
     "A near-duplicate of `img`: shifted by one pixel (edges repeated) plus noise of at most 2 levels."
@@ -437,7 +437,7 @@ def corrupt(rng:np.random.Generator, s:Sample, answers:tuple) -> str: # the true
     s.turns[-1] = (q, _pick(rng, [x for x in answers if x != a]))
     return a
 
-# %% ../nbs/02_benchmark.ipynb #22318c2e
+# %% ../nbs/02_benchmark.ipynb #1e3b9505
 def source_sizes(n:int) -> dict:
     "Records per source for `n` training records: shares rounded by largest remainder, summing to `n`."
     raw = np.array([s[0] for s in SOURCES.values()]) * n
@@ -445,7 +445,7 @@ def source_sizes(n:int) -> dict:
     k[np.argsort(-(raw - k), kind='stable')[:n - k.sum()]] += 1
     return dict(zip(SOURCES, k.tolist()))
 
-# %% ../nbs/02_benchmark.ipynb #be5b8ecd
+# %% ../nbs/02_benchmark.ipynb #1c8b7c0e
 def gen_source(rng:np.random.Generator, name:str, n:int, split:str='train') -> tuple: # (samples, {i: j near-dup of}, {i: true answer})
     "The `n` samples of one training source, with its near-duplicates and noisy answers."
     share, dup, noise, tasks = SOURCES[name]
@@ -461,7 +461,7 @@ def gen_source(rng:np.random.Generator, name:str, n:int, split:str='train') -> t
     noisy = {int(i): corrupt(rng, samples[i], answers[i]) for i in sorted(rng.choice(n, int(round(noise * n)), replace=False))}
     return samples, dup_of, noisy
 
-# %% ../nbs/02_benchmark.ipynb #aabe8910
+# %% ../nbs/02_benchmark.ipynb #e11ac98e
 def png_bytes(img:np.ndarray) -> bytes: # (h, w, 3) uint8
     "The bytes of an 8-bit RGB PNG of `img`: no filter, zlib level 1, no metadata (deterministic, 2x faster than PIL's writer)."
     h, w, _ = img.shape
@@ -474,13 +474,13 @@ def save_png(path:Path, img:np.ndarray):
     "Write a (SIZE, SIZE, 3) uint8 image as PNG."
     path.write_bytes(png_bytes(img))
 
-# %% ../nbs/02_benchmark.ipynb #c119726b
+# %% ../nbs/02_benchmark.ipynb #aab447f0
 def save_records(path:Path, records:list):
     "Write records as a LLaVA JSON list, one record per line (compact, fast, diff-friendly), atomically."
     with atomic_write(path, 'w') as f:
         f.write('[\n' + ',\n'.join(json.dumps(r, ensure_ascii=False) for r in records) + '\n]\n')
 
-# %% ../nbs/02_benchmark.ipynb #04d2d8b3
+# %% ../nbs/02_benchmark.ipynb #a34382b7
 def write_train(out:Path, n:int, seed:int) -> dict: # truth: near-duplicates and noisy answers, by record id
     "Generate, shuffle and write the training records and their images; return what is wrong with them."
     (out/'images'/'train').mkdir(parents=True, exist_ok=True)
@@ -498,7 +498,7 @@ def write_train(out:Path, n:int, seed:int) -> dict: # truth: near-duplicates and
     save_records(out/'train.json', [recs[i] for i in order])
     return truth
 
-# %% ../nbs/02_benchmark.ipynb #0ab32970
+# %% ../nbs/02_benchmark.ipynb #500d6503
 def write_split(out:Path, name:str, # 'captions' or an evaluation suite
                 task:str, n:int, rng:np.random.Generator, split:str, # task name, count, generator, digit split
                 json_path:Path, **fields) -> int:
@@ -514,7 +514,7 @@ def write_split(out:Path, name:str, # 'captions' or an evaluation suite
     save_records(json_path, recs)
     return n
 
-# %% ../nbs/02_benchmark.ipynb #62ba010e
+# %% ../nbs/02_benchmark.ipynb #79418eb9
 def suite_info(name:str) -> dict:
     "Skill, concepts, answer set, chance level and held-out flag of an evaluation suite."
     task, held_out = SUITES[name]
@@ -524,13 +524,13 @@ def suite_info(name:str) -> dict:
     return {'task': task, 'skill': cs[0][1], 'concepts': sorted({c for c, _ in cs}), 'held_out': held_out,
             'answers': list(answers), 'chance': 1 / n_options}
 
-# %% ../nbs/02_benchmark.ipynb #2737eff2
+# %% ../nbs/02_benchmark.ipynb #eb5e69d0
 def _majority(path:Path) -> float:
     "Share of the most common reference answer in an evaluation file: the score of always giving that answer."
     answers = [r['conversations'][-1]['value'] for r in load_records(path)]
     return max(map(answers.count, set(answers))) / len(answers) if answers else 0.0
 
-# %% ../nbs/02_benchmark.ipynb #0cc0773a
+# %% ../nbs/02_benchmark.ipynb #d2b78e4e
 def _versions() -> dict:
     "Versions of the libraries whose behaviour shapes the generated bytes."
     def v(p):
@@ -547,7 +547,7 @@ def benchmark_params(n_train:int=10_000, n_eval:int=200, n_captions:int=4_000, s
     return {'version': VERSION, 'image_size': SIZE, 'n_train': int(n_train), 'n_eval': int(n_eval),
             'n_captions': int(n_captions), 'seed': int(seed), 'libraries': _versions()}
 
-# %% ../nbs/02_benchmark.ipynb #b6cbfa13
+# %% ../nbs/02_benchmark.ipynb #546f953c
 def write_meta(out:Path, params:dict, truth:dict, counts:dict):
     "Write `truth.json` and then, last and atomically, `benchmark.json` (its presence means the folder is complete)."
     save_json(out/'truth.json', truth)
@@ -566,7 +566,7 @@ def write_meta(out:Path, params:dict, truth:dict, counts:dict):
     save_json(out/'benchmark.json', meta)
     return meta
 
-# %% ../nbs/02_benchmark.ipynb #3e64f749
+# %% ../nbs/02_benchmark.ipynb #bee9b0b4
 OWNED = ('train.json', 'captions.json', 'truth.json', 'benchmark.json', 'eval', 'images') # what make writes in out_dir
 
 def default_dir(params:dict) -> Path:
@@ -581,7 +581,7 @@ def is_done(out:Path, params:dict) -> bool:
     if meta.get('params') != params: return False
     return all((out/f).is_file() and sha256_file(out/f) == h for f, h in meta.get('files', {}).items())
 
-# %% ../nbs/02_benchmark.ipynb #d41077bc
+# %% ../nbs/02_benchmark.ipynb #73ae2194
 def _clear(out:Path, overwrite:bool):
     "Remove what a previous, unfinished or different, `make` left in `out`; refuse to touch foreign folders."
     if not out.exists(): return
@@ -598,7 +598,7 @@ def _clear(out:Path, overwrite:bool):
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
 
-# %% ../nbs/02_benchmark.ipynb #a0a657d3
+# %% ../nbs/02_benchmark.ipynb #c1dbaaa1
 def generate(out:Path, params:dict):
     "Write every file of a benchmark with `params` into the empty folder `out`, `benchmark.json` last."
     seed = params['seed']
@@ -616,7 +616,7 @@ def _publish(tmp:Path, out:Path, params:dict):
     except OSError:
         if not is_done(out, params): raise CoincideError(f"benchmark: could not move the finished benchmark into {out}: remove that folder and run again") from None
 
-# %% ../nbs/02_benchmark.ipynb #2f5e1c08
+# %% ../nbs/02_benchmark.ipynb #3b8b5042
 def make(out_dir:str|Path|None=None, # the benchmark folder; None for the cache folder `default_dir(params)`
          n_train:int=10_000, # training records (LLaVA-665K has 665,298)
          n_eval:int=200, # records per evaluation suite
@@ -637,7 +637,7 @@ def make(out_dir:str|Path|None=None, # the benchmark folder; None for the cache 
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/02_benchmark.ipynb #be6d38ee
+# %% ../nbs/02_benchmark.ipynb #1cbf4edd
 class Benchmark(NamedTuple):
     "A loaded benchmark: unpack as `train, captions, evals = load_benchmark(d)`."
     train:list # training records
@@ -661,7 +661,7 @@ def benchmark_meta(out_dir:str|Path) -> dict:
     if not p.is_file(): raise CoincideError(f"{p}: not found; run `coincide benchmark --out {out_dir}` first")
     return json.loads(p.read_text())
 
-# %% ../nbs/02_benchmark.ipynb #98800158
+# %% ../nbs/02_benchmark.ipynb #78e1880b
 def show_examples(out_dir:str|Path, # a finished benchmark folder
                   per_suite:int=1, # examples per evaluation suite
                   cols:int=5): # grid width
@@ -680,7 +680,7 @@ def show_examples(out_dir:str|Path, # a finished benchmark folder
     fig.tight_layout()
     return fig
 
-# %% ../nbs/02_benchmark.ipynb #af97c5a0
+# %% ../nbs/02_benchmark.ipynb #28917f64
 def source_table(out_dir:str|Path): # a finished benchmark folder
     "Training records per source (rows) and skill (columns), with totals: a pandas DataFrame."
     import pandas as pd
@@ -688,7 +688,7 @@ def source_table(out_dir:str|Path): # a finished benchmark folder
     return pd.crosstab(pd.Series([r['source'] for r in train], name='source'),
                        pd.Series([r['skill'] for r in train], name='skill'), margins=True, margins_name='total')
 
-# %% ../nbs/02_benchmark.ipynb #5f6a87d6
+# %% ../nbs/02_benchmark.ipynb #aa88d836
 @functools.lru_cache(None)
 def _digit_lookup() -> dict:
     "Grey 8 x 8 bytes (255 - 15 * value) of every scikit-learn digit -> its label."
@@ -708,7 +708,7 @@ def read_word(img:np.ndarray) -> str|None: # (SIZE, SIZE, 3) uint8
     ys, xs = np.nonzero(fg); ink = fg[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     return next((w for w, m in word_masks().items() if m.shape == ink.shape and np.array_equal(m, ink)), None)
 
-# %% ../nbs/02_benchmark.ipynb #fb5f787d
+# %% ../nbs/02_benchmark.ipynb #fd0a46b9
 COLOUR_QUESTIONS = ('What colour is the shape?', 'Which colour is shown?', 'What colour is it?', 'What colour is the text?')
 
 def _expect_text(q:str) -> str|None:
@@ -736,7 +736,7 @@ def _expect_word(img, q, skill):
     if skill == 'verification': return 'yes' if re.search(r'say (\w+)\?', q)[1] == w else 'no'
     return f'word {w}' if skill == 'caption' else w
 
-# %% ../nbs/02_benchmark.ipynb #03c5d2e9
+# %% ../nbs/02_benchmark.ipynb #73f1615c
 def _expect_shapes(img, q, skill, concept):
     "The answer of a question about drawn shapes, from the blobs in the image."
     bs = blobs(img); kinds = [kind_of(b) for b in bs]
@@ -753,7 +753,7 @@ def _expect_shapes(img, q, skill, concept):
     if q.startswith('What shape') or q.startswith('Which shape') or q.startswith('Name the shape'): return kinds[0]
     return f'{colour_of(img, bs[0])} {kinds[0]}' if skill in ('description', 'caption') else None
 
-# %% ../nbs/02_benchmark.ipynb #9d48ff4f
+# %% ../nbs/02_benchmark.ipynb #4b73e658
 def expected_answers(rec:dict, # a benchmark record
                      images_dir:str|Path, # the benchmark folder its image path is relative to
                     ) -> list: # one expected answer per turn; None where it cannot be read back
@@ -769,7 +769,7 @@ def expected_answers(rec:dict, # a benchmark record
         return _expect_shapes(img, q, rec['skill'], rec['concept'])
     return [one(q) for q in qs]
 
-# %% ../nbs/02_benchmark.ipynb #f67ffdc8
+# %% ../nbs/02_benchmark.ipynb #1d481182
 ARTICLES = re.compile(r'\b(a|an|the)\b')
 PUNCT = str.maketrans({c: ' ' for c in string.punctuation})
 
@@ -778,12 +778,12 @@ def normalize_answer(s:str) -> str:
     words = s.lower().translate(PUNCT).split()
     return words[0] if len(words) == 1 and len(words[0]) == 1 else ' '.join(ARTICLES.sub(' ', ' '.join(words)).split())
 
-# %% ../nbs/02_benchmark.ipynb #fe54bfb0
+# %% ../nbs/02_benchmark.ipynb #72666a87
 def reference_answer(record:dict) -> str:
     "The reference answer of an evaluation record: its last `gpt` turn."
     return [t['value'] for t in record['conversations'] if t['from'] == 'gpt'][-1]
 
-# %% ../nbs/02_benchmark.ipynb #5948b112
+# %% ../nbs/02_benchmark.ipynb #1dc07192
 def accepted_answers(record:dict) -> set:
     "The normalised answers that count as right for `record`."
     ref, ok = reference_answer(record), set()
@@ -795,14 +795,14 @@ def accepted_answers(record:dict) -> set:
             ok |= {normalize_answer(letter), normalize_answer(text), normalize_answer(f'{letter}. {text}')}
     return ok
 
-# %% ../nbs/02_benchmark.ipynb #a5c72fa5
+# %% ../nbs/02_benchmark.ipynb #d49cc793
 def is_correct(prediction:str, # the model's answer
                record:dict, # the evaluation record with the reference answer
               ) -> bool:
     "Normalised exact match of `prediction` against the record's accepted answers."
     return normalize_answer(prediction) in accepted_answers(record)
 
-# %% ../nbs/02_benchmark.ipynb #2d42811d
+# %% ../nbs/02_benchmark.ipynb #7a6b39d6
 def benchmark_args(p):
     "Arguments of `coincide benchmark`."
     p.add_argument('--out', default=None, help='benchmark folder (default: $COINCIDE_CACHE/benchmark/<hash of params>)')

@@ -8,7 +8,7 @@ __all__ = ['STAGE1', 'STAGE2', 'VISION', 'EncodedSet', 'encode_records', 'collat
            'relative_performance', 'BenchmarkSetup', 'VisionPretrainConfig', 'caption_classes', 'pretrain_vision',
            'setup_benchmark', 'stage1', 'finetune', 'train_args', 'train_main']
 
-# %% ../nbs/09_training.ipynb #319287ec
+# %% ../nbs/09_training.ipynb #1c886a04
 import math
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -23,7 +23,7 @@ from .data import resolve_image, check_indices
 from .models import encode_text, num_image_tokens, pixel_tensor
 from .benchmark import normalize_answer, reference_answer, accepted_answers, is_correct
 
-# %% ../nbs/09_training.ipynb #d084fd49
+# %% ../nbs/09_training.ipynb #44fd440b
 @dataclass
 class EncodedSet:
     "Records encoded once: token ids and labels per record, and one tensor of their decoded images."
@@ -34,7 +34,7 @@ class EncodedSet:
 
     def __len__(self): return len(self.ids)
 
-# %% ../nbs/09_training.ipynb #864e3050
+# %% ../nbs/09_training.ipynb #6b039c74
 def _load_images(processor, paths:list, desc:str) -> torch.Tensor: # (len(paths), 3, S, S) float32
     "Decode and preprocess images in chunks with the processor's image processor."
     chunks = []
@@ -43,7 +43,7 @@ def _load_images(processor, paths:list, desc:str) -> torch.Tensor: # (len(paths)
     S = processor.image_processor.crop_size['height']
     return torch.cat(chunks) if chunks else torch.zeros(0, 3, S, S)
 
-# %% ../nbs/09_training.ipynb #94547c84
+# %% ../nbs/09_training.ipynb #b50796ae
 def encode_records(processor, # a `LlavaProcessor` (from `build_processor` or `load_vlm`)
                    records:list, # LLaVA records
                    images_dir:str|Path, # folder the records' image paths are relative to
@@ -64,7 +64,7 @@ def encode_records(processor, # a `LlavaProcessor` (from `build_processor` or `l
         if index[-1] == len(paths): paths.append(p)
     return EncodedSet(ids, labels, torch.tensor(index, dtype=torch.int64), _load_images(processor, paths, desc + ' images'))
 
-# %% ../nbs/09_training.ipynb #e5c774e9
+# %% ../nbs/09_training.ipynb #b7dc08cc
 def collate(enc:EncodedSet, # the encoded records
             rows, # indices into `enc` of this batch
             pad_id:int, # the tokenizer's pad id
@@ -84,17 +84,17 @@ def collate(enc:EncodedSet, # the encoded records
     pix = enc.pixels[img[img >= 0]] if (img >= 0).any() else None                # (n_img, 3, S, S)
     return dict(input_ids=ids, attention_mask=mask, labels=labels, position_ids=pos, pixel_values=pix)
 
-# %% ../nbs/09_training.ipynb #35875831
+# %% ../nbs/09_training.ipynb #0057dda2
 def to_device(batch:dict, device) -> dict:
     "The batch with its tensors moved to `device` (None values kept)."
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-# %% ../nbs/09_training.ipynb #cb0d1cb8
+# %% ../nbs/09_training.ipynb #7b296672
 def _llava(model):
     "The `LlavaForConditionalGeneration` inside `model` (unwrapping a peft model)."
     return model.get_base_model() if hasattr(model, 'get_base_model') else model
 
-# %% ../nbs/09_training.ipynb #4e3a5d92
+# %% ../nbs/09_training.ipynb #8477f303
 def answer_loss(model, # a LLaVA model (or a peft model around one)
                 batch:dict, # from `collate`
                ) -> torch.Tensor: # scalar: mean cross-entropy over the answer tokens
@@ -107,7 +107,7 @@ def answer_loss(model, # a LLaVA model (or a peft model around one)
     logits = m.lm_head(h[:, :-1][keep])                                                      # (n_answer, V)
     return F.cross_entropy(logits.float(), tgt[keep])
 
-# %% ../nbs/09_training.ipynb #e2ff07b6
+# %% ../nbs/09_training.ipynb #35d3daa8
 @dataclass
 class TrainConfig:
     "Settings of one training stage."
@@ -122,7 +122,7 @@ class TrainConfig:
     lora_r:int=16 # LoRA rank (the paper: 128)
     lora_alpha:int=32 # LoRA alpha (the paper: 256)
 
-# %% ../nbs/09_training.ipynb #a32d78b1
+# %% ../nbs/09_training.ipynb #9d7fe1ea
 def cosine_schedule(step:int, # the current optimiser step, from 0
                     total:int, # number of steps
                     warmup:float, # share of steps spent warming up
@@ -132,7 +132,7 @@ def cosine_schedule(step:int, # the current optimiser step, from 0
     if step < w: return (step + 1) / w
     return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
-# %% ../nbs/09_training.ipynb #b48b0999
+# %% ../nbs/09_training.ipynb #a7897f41
 def prepare_tuning(model, # a LLaVA model
                    cfg:TrainConfig, # its `tune`, `lora_r`, `lora_alpha`
                   ): # the model to train: the same one, or a peft model around it
@@ -149,7 +149,7 @@ def prepare_tuning(model, # a LLaVA model
                     target_modules=r'.*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)')
     return get_peft_model(model, lc)
 
-# %% ../nbs/09_training.ipynb #2f7ac1a9
+# %% ../nbs/09_training.ipynb #835925a0
 def _optimizer(model, cfg:TrainConfig) -> torch.optim.Optimizer:
     "AdamW over the trainable parameters, the projector's with its own learning rate."
     proj, rest = [], []
@@ -158,14 +158,14 @@ def _optimizer(model, cfg:TrainConfig) -> torch.optim.Optimizer:
     groups = [{'params': rest, 'lr': cfg.lr}, {'params': proj, 'lr': cfg.projector_lr or cfg.lr}]
     return torch.optim.AdamW([g for g in groups if g['params']], weight_decay=cfg.weight_decay)
 
-# %% ../nbs/09_training.ipynb #389ad2ab
+# %% ../nbs/09_training.ipynb #c9ea5635
 def _epoch_order(n:int, epochs:float, gen:torch.Generator) -> torch.Tensor: # (round(epochs * n),) int64
     "Positions 0..n-1 in a fresh random order per epoch, cut at `epochs` passes."
     reps = math.ceil(epochs)
     order = torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)]) if n else torch.zeros(0, dtype=torch.int64)
     return order[:round(epochs * n)]
 
-# %% ../nbs/09_training.ipynb #1ad03bfc
+# %% ../nbs/09_training.ipynb #cb78542d
 def train_vlm(model, # a LLaVA model, trained in place (with `tune='lora'`, its LoRA weights are merged in at the end)
               enc:EncodedSet, # the encoded training records
               indices=None, # (m,) record indices to train on; None: all
@@ -204,7 +204,7 @@ def train_vlm(model, # a LLaVA model, trained in place (with `tune='lora'`, its 
     for p in model.parameters(): p.requires_grad_(True)
     return losses
 
-# %% ../nbs/09_training.ipynb #df8e5de9
+# %% ../nbs/09_training.ipynb #3f699dbf
 @torch.no_grad()
 def generate_answers(model, # a LLaVA model
                      processor, # its processor (for the tokenizer)
@@ -226,7 +226,7 @@ def generate_answers(model, # a LLaVA model
         out += [a.strip() for a in tok.batch_decode(gen[:, T:], skip_special_tokens=True)]
     return out
 
-# %% ../nbs/09_training.ipynb #a8df80a0
+# %% ../nbs/09_training.ipynb #125f42ea
 def evaluate_vlm(model, # a LLaVA model
                  processor, # its processor
                  suites:dict, # suite name -> EncodedSet of prompts (`encode_suites`)
@@ -243,7 +243,7 @@ def evaluate_vlm(model, # a LLaVA model
         rows.append({'suite': name, 'n': len(hits), 'accuracy': float(np.mean(hits)), 'chance': (chance or {}).get(name, np.nan)})
     return pd.DataFrame(rows).set_index('suite')
 
-# %% ../nbs/09_training.ipynb #c090f609
+# %% ../nbs/09_training.ipynb #e3100e7c
 def encode_suites(processor, # the model's processor
                   suites:dict, # suite name -> records
                   images_dir:str|Path, # the benchmark folder
@@ -251,7 +251,7 @@ def encode_suites(processor, # the model's processor
     "Encode every evaluation suite's prompts once."
     return {s: encode_records(processor, recs, images_dir, prompt_only=True, desc=s) for s, recs in suites.items()}
 
-# %% ../nbs/09_training.ipynb #6d88e277
+# %% ../nbs/09_training.ipynb #90e3629f
 def relative_performance(scores, # suite -> subset model's score (a dict, Series, or `evaluate_vlm` table)
                          full, # suite -> full-data model's score, same suites
                         ) -> float: # percent
@@ -261,7 +261,7 @@ def relative_performance(scores, # suite -> subset model's score (a dict, Series
     if (f[s.index] <= 0).any(): raise CoincideError(f"relative_performance: the full-data score is 0 on {list(f[f <= 0].index)}; drop those suites")
     return float(100 * (s / f[s.index]).mean())
 
-# %% ../nbs/09_training.ipynb #2391a38a
+# %% ../nbs/09_training.ipynb #8fde7512
 @dataclass
 class BenchmarkSetup:
     "A benchmark encoded once for one processor: training records, captions and evaluation prompts."
@@ -273,11 +273,11 @@ class BenchmarkSetup:
     records:dict # suite name -> its records
     chance:dict # suite name -> chance accuracy
 
-# %% ../nbs/09_training.ipynb #df3ea924
+# %% ../nbs/09_training.ipynb #4cb8d920
 STAGE1 = TrainConfig(epochs=3, batch_size=16, lr=1e-3) # caption alignment of a fresh model
 STAGE2 = TrainConfig(epochs=2, batch_size=16, lr=1e-3) # instruction tuning on a selection
 
-# %% ../nbs/09_training.ipynb #45c4793a
+# %% ../nbs/09_training.ipynb #033194d2
 @dataclass
 class VisionPretrainConfig:
     "Settings of stage 0, the vision tower's pre-training on caption images."
@@ -287,14 +287,14 @@ class VisionPretrainConfig:
 
 VISION = VisionPretrainConfig()
 
-# %% ../nbs/09_training.ipynb #ef6d4f5f
+# %% ../nbs/09_training.ipynb #72c2292f
 def caption_classes(enc:EncodedSet) -> torch.Tensor: # (n,) int64 class of each record, -1 if it has no image
     "A class per caption record: records with the same answer tokens share a class."
     keys = [tuple(l[l != -100].tolist()) for l in enc.labels]
     ids = {k: i for i, k in enumerate(sorted(set(keys)))}
     return torch.tensor([ids[k] if j >= 0 else -1 for k, j in zip(keys, enc.image_index.tolist())])
 
-# %% ../nbs/09_training.ipynb #d4b8d461
+# %% ../nbs/09_training.ipynb #3847d6e5
 def pretrain_vision(model, # a LLaVA model; its vision tower is trained in place
                     enc:EncodedSet, # caption records (their images and answer tokens)
                     cfg:VisionPretrainConfig=VISION, # settings
@@ -321,7 +321,7 @@ def pretrain_vision(model, # a LLaVA model; its vision tower is trained in place
     vis.eval()
     return losses
 
-# %% ../nbs/09_training.ipynb #703e0096
+# %% ../nbs/09_training.ipynb #455bc921
 def setup_benchmark(bench_dir:str|Path, # a folder written by `coincide.benchmark.make`
                     vocab_size:int=1000, # the tokenizer's largest vocabulary
                    ) -> BenchmarkSetup:
@@ -336,7 +336,7 @@ def setup_benchmark(bench_dir:str|Path, # a folder written by `coincide.benchmar
                           encode_records(proc, captions, bench_dir, desc='captions'),
                           encode_suites(proc, suites, bench_dir), suites, chance)
 
-# %% ../nbs/09_training.ipynb #2911ab21
+# %% ../nbs/09_training.ipynb #dd015098
 def stage1(setup:BenchmarkSetup, # from `setup_benchmark`
            preset:str='target', # model size, a name in `coincide.models.PRESETS`
            cfg:TrainConfig=STAGE1, # training settings
@@ -353,7 +353,7 @@ def stage1(setup:BenchmarkSetup, # from `setup_benchmark`
     if out_dir is not None: save_vlm(model, setup.processor, out_dir)
     return model.eval()
 
-# %% ../nbs/09_training.ipynb #bb5bff30
+# %% ../nbs/09_training.ipynb #4ef404a4
 def finetune(setup:BenchmarkSetup, # from `setup_benchmark`
              init:str|Path, # a stage-1 model folder
              indices=None, # (m,) training-record indices to tune on; None: all
@@ -367,7 +367,7 @@ def finetune(setup:BenchmarkSetup, # from `setup_benchmark`
     train_vlm(model, setup.train, indices, cfg, seed, setup.processor.tokenizer.pad_token_id, desc='stage 2')
     return model.eval()
 
-# %% ../nbs/09_training.ipynb #b0bad7d1
+# %% ../nbs/09_training.ipynb #07164f29
 def train_args(p):
     "Arguments of `coincide train`."
     p.add_argument('--bench', required=True, help='benchmark folder from `coincide benchmark`')
@@ -379,7 +379,7 @@ def train_args(p):
     p.add_argument('--lora', action='store_true', help='stage 2 with LoRA instead of all weights')
     p.add_argument('--seed', type=int, default=0, help='seed of the initial weights and the batch order')
 
-# %% ../nbs/09_training.ipynb #4bb19449
+# %% ../nbs/09_training.ipynb #70979929
 def train_main(args) -> int:
     "Run `coincide train`: stage 1 (cached), stage 2 on the selection, evaluation; write model, eval.csv, manifest."
     from coincide.core import load_npy, now_iso, write_manifest
