@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from .core import CoincideError, load_npy, save_npy, save_json, l2_normalize
 from .transferability import load_layout
-from .demo import (DemoConfig, Demo, cached_stage, _timed, _link_run, benchmark_stage, reference_stage, coincide_stages, scores_stage,
+from .demo import (DemoConfig, Demo, cached_stage, cluster_stage, baseline_selection, benchmark_stage, reference_stage, coincide_stages, scores_stage,
                    target_init_stage, target_stage, relative_per_seed)
 
 # %% ../nbs/11_ablations.ipynb #21cc25f0
@@ -84,10 +84,8 @@ def cluster_variant(demo:Demo, # from `open_demo`
                     run_key:str, # stage key of a run folder with embeddings and layout
                     k:int, # clusters
                    ) -> Path: # the clustered run folder
-    "Cluster a run into `k` clusters with the paper's k-means settings (cached under the demo's 'cluster' key)."
-    from coincide.clustering import cluster_run
-    def build(f): _link_run(f, demo.cache/run_key); cluster_run(f, k)
-    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, _timed(build))[0]
+    "Cluster a run into `k` clusters with the paper's k-means settings (the demo's cached `cluster_stage`)."
+    return cluster_stage(demo, run_key, k)[0]
 
 # %% ../nbs/11_ablations.ipynb #dd8e3efd
 def reference_variant(demo:Demo, # from `open_demo`
@@ -128,12 +126,8 @@ def baseline_indices(demo:Demo, # from `open_demo`
                      name:str, # a baseline of `coincide.baselines`
                      fraction:float, # the budget
                     ) -> np.ndarray: # (m,) int64
-    "A baseline's selection at `fraction` from the demo's cached scores (cached under the demo's key)."
-    from coincide.baselines import run_baseline
-    scores = demo.cache/demo.keys['scores']
-    folder, _ = cached_stage(demo.cache, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': fraction},
-                             _timed(lambda f: run_baseline(name, scores, fraction, out=f, records=demo.train, seed=0) and None))
-    return load_npy(folder/'indices.npy', mmap=False)
+    "A baseline's selection at `fraction` from the demo's cached scores (the demo's cached `baseline_selection`)."
+    return load_npy(baseline_selection(demo, name, fraction)[0]/'indices.npy', mmap=False)
 
 # %% ../nbs/11_ablations.ipynb #1ed49cc8
 def train_rows(demo:Demo, # from `open_demo`

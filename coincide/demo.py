@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PAPER_LAYERS', 'METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'scale_layers', 'stage_key', 'cached_stage',
            'relative_per_seed', 'summarise', 'markdown_table', 'Demo', 'run_stage', 'benchmark_stage',
-           'reference_stage', 'coincide_stages', 'scores_stage', 'baseline_stage', 'target_init_stage', 'target_stage',
-           'select_all', 'run_demo', 'write_results', 'plot_per_benchmark', 'plot_relative', 'plot_composition',
-           'demo_args', 'demo_main']
+           'reference_stage', 'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection',
+           'baseline_stage', 'target_init_stage', 'target_stage', 'select_all', 'run_demo', 'write_results',
+           'plot_per_benchmark', 'plot_relative', 'plot_composition', 'demo_args', 'demo_main']
 
 # %% ../nbs/10_demo.ipynb #ac404098
 import hashlib, json, shutil, time
@@ -169,11 +169,20 @@ def _link_run(folder:Path, run:Path):
     "Make `folder` a run folder that reads the embeddings and layout of `run` (symlinks)."
     for name in ('embeddings.npy', 'layout.json'): (folder/name).symlink_to((run/name).resolve())
 
+# %% ../nbs/10_demo.ipynb #07fa4b70
+def cluster_stage(demo:Demo, # the demo's state
+                  run_key:str, # stage key of a run folder (embeddings and layout) in the cache
+                  k:int, # clusters
+                 ) -> tuple: # (clustered run folder, {'seconds': ...})
+    "Cluster a cached run into `k` clusters with the paper's k-means settings (cached; the ablations reuse it)."
+    from coincide.clustering import cluster_run
+    def build(f): _link_run(f, demo.cache/run_key); cluster_run(f, k)
+    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, _timed(build))
+
 # %% ../nbs/10_demo.ipynb #6b1594a9
 def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     "Extract, cluster and select with COINCIDE; return (indices, seconds of extract + cluster + select)."
     from coincide.activations import extract
-    from coincide.clustering import cluster_run
     from coincide.selection import select_coincide, save_selection
     from coincide.models import get_preset
     c, bench = demo.cfg, demo.bench
@@ -181,8 +190,8 @@ def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     run, _ = run_stage(demo, 'extract', {'reference': demo.keys['reference'], 'layers': layers, 'batch_size': 32},
                        lambda f: extract(bench/'train.json', bench, str(ref_model), layers, f, batch_size=32, device='cpu',
                                          dtype='float32', num_workers=0) and None)
-    def cluster(f): _link_run(f, run); cluster_run(f, c.k)
-    clustered, _ = run_stage(demo, 'cluster', {'extract': demo.keys['extract'], 'k': c.k, 'niter': 50, 'seed': 1234}, cluster)
+    clustered, res = cluster_stage(demo, demo.keys['extract'], c.k)
+    demo.keys['cluster'], demo.seconds['cluster'] = clustered.name, res['seconds']
     def select(f):
         idx, table = select_coincide(clustered, c.fraction, c.tau, progress=False)
         save_selection(f, idx, 'select', {'fraction': c.fraction, 'tau': c.tau, 'mode': 'exact', 'n_records': len(demo.train)},
@@ -218,11 +227,20 @@ def scores_stage(demo:Demo, ref_model:Path, target_init:Path) -> tuple:
     return folder, res
 
 # %% ../nbs/10_demo.ipynb #6fe85bc8
-def baseline_stage(demo:Demo, name:str, scores:Path, score_seconds:dict) -> tuple:
-    "Select with baseline `name` from the cached scores; return (indices, select_seconds)."
+def baseline_selection(demo:Demo, # the demo's state, after `scores_stage`
+                       name:str, # a baseline of `coincide.baselines`
+                       fraction:float, # the budget
+                      ) -> tuple: # (selection folder with indices.npy, {'seconds': ...})
+    "Select `fraction` with baseline `name` from the demo's cached scores (cached; the ablations reuse it)."
     from coincide.baselines import run_baseline
-    def build(f): run_baseline(name, scores, demo.cfg.fraction, out=f, records=demo.train, seed=0)
-    sel, res = run_stage(demo, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': demo.cfg.fraction}, build)
+    scores = demo.cache/demo.keys['scores']
+    def build(f): run_baseline(name, scores, fraction, out=f, records=demo.train, seed=0)
+    return cached_stage(demo.cache, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': fraction}, _timed(build))
+
+def baseline_stage(demo:Demo, name:str, score_seconds:dict) -> tuple:
+    "Select the demo's fraction with baseline `name`; return (indices, select_seconds including the scores it reads)."
+    sel, res = baseline_selection(demo, name, demo.cfg.fraction)
+    demo.keys[f'select-{name}'], demo.seconds[f'select-{name}'] = sel.name, res['seconds']
     return np.load(sel/'indices.npy'), res['seconds'] + sum(score_seconds[s] for s in SCORES_USED[name])
 
 # %% ../nbs/10_demo.ipynb #88ccb968
@@ -253,8 +271,8 @@ def select_all(demo:Demo, ref_model:Path, inits:dict) -> dict:
     if 'coincide' in demo.cfg.methods: out['coincide'] = coincide_stages(demo, ref_model)
     baselines = [m for m in demo.cfg.methods if m != 'coincide']
     if baselines:
-        scores, secs = scores_stage(demo, ref_model, inits[0])
-        for m in baselines: out[m] = baseline_stage(demo, m, scores, secs)
+        _, secs = scores_stage(demo, ref_model, inits[0])
+        for m in baselines: out[m] = baseline_stage(demo, m, secs)
     return out
 
 # %% ../nbs/10_demo.ipynb #b27ee8f3
