@@ -17,7 +17,7 @@ import pandas as pd
 from .core import CoincideError, load_npy, save_npy, save_json, l2_normalize
 from .transferability import load_layout
 from .demo import (DemoConfig, Demo, cached_stage, cluster_stage, baseline_selection, benchmark_stage, reference_stage, coincide_stages, scores_stage,
-                   target_init_stage, target_stage, relative_per_seed)
+                   target_init_stage, target_stage, relative_per_seed, scored_suites)
 
 # %% ../nbs/11_ablations.ipynb #21cc25f0
 def _subset_blocks(blocks:list, layers, modality) -> list:
@@ -143,7 +143,7 @@ def train_rows(demo:Demo, # from `open_demo`
 
 # %% ../nbs/11_ablations.ipynb #70ee60b7
 def with_relative(rows:list, # from `train_rows`, including the 'full' rows of every seed
-                  suites:list, # suite columns
+                  suites:list, # the scored suites (`coincide.demo.scored_suites` of the full rows)
                  ) -> pd.DataFrame: # the rows with a `relative` column (%), full rows dropped
     "Relative performance of each row against the full-data model of its seed."
     df = pd.DataFrame(rows)
@@ -151,13 +151,13 @@ def with_relative(rows:list, # from `train_rows`, including the 'full' rows of e
 
 # %% ../nbs/11_ablations.ipynb #960d4123
 def summarise_settings(df:pd.DataFrame) -> pd.DataFrame:
-    "Mean and spread (std over seeds) of the relative performance per ablation and setting, in run order."
+    "Mean and standard deviation over seeds (ddof 1) of the relative performance per ablation and setting, in run order."
     g = df.groupby(['ablation', 'setting', 'method'], sort=False)['relative']
-    return g.agg(relative='mean', spread=lambda r: r.std(ddof=0), seeds='size').reset_index()
+    return g.agg(relative='mean', sd=lambda r: r.std(ddof=1), seeds='size').reset_index()
 
 # %% ../nbs/11_ablations.ipynb #a4542b75
 def plot_ratio_sweep(df:pd.DataFrame): # rows of the 'ratio' ablation: fraction, method, relative
-    "Relative performance against the data ratio per method (mean over seeds, band: spread)."
+    "Relative performance against the data ratio per method (mean over seeds, band: sd over seeds)."
     import matplotlib.pyplot as plt, seaborn as sns
     from matplotlib.ticker import NullLocator
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -169,7 +169,7 @@ def plot_ratio_sweep(df:pd.DataFrame): # rows of the 'ratio' ablation: fraction,
 
 # %% ../nbs/11_ablations.ipynb #68c33ef5
 def plot_settings(df:pd.DataFrame): # COINCIDE rows of the 20 % ablations: ablation, setting, relative
-    "One panel per ablation: relative performance of each setting (bar: mean over seeds, line: spread)."
+    "One panel per ablation: relative performance of each setting (bar: mean over seeds, line: sd over seeds)."
     import seaborn as sns, matplotlib.pyplot as plt
     g = sns.catplot(df, kind='bar', x='setting', y='relative', col='ablation', col_wrap=4, sharex=False, errorbar='sd',
                     height=2.8, aspect=1.1, color='tab:blue')
@@ -195,9 +195,9 @@ def committed_summary(nb_path:str|Path) -> pd.DataFrame|None: # None if the note
 # %% ../nbs/11_ablations.ipynb #6e934629
 def compare_summaries(saved:pd.DataFrame, fresh:pd.DataFrame, # from `committed_summary` / `summarise_settings`
                       floor:float=0.5, # smallest tolerance, in points of relative performance
-                     ) -> pd.DataFrame: # the rows that differ by more than their spread
-    "Settings whose fresh mean differs from the saved mean by more than max(saved spread, fresh spread, floor)."
+                     ) -> pd.DataFrame: # the rows that differ by more than their sd
+    "Settings whose fresh mean differs from the saved mean by more than max(saved sd, fresh sd, floor)."
     key = ['ablation', 'setting', 'method']
     m = saved.astype({'setting': str}).merge(fresh.astype({'setting': str}), on=key, suffixes=('_saved', '_fresh'), how='outer')
-    tol = np.maximum(np.maximum(m.spread_saved.fillna(0), m.spread_fresh.fillna(0)), floor)
+    tol = np.maximum(np.maximum(m.sd_saved.fillna(0), m.sd_fresh.fillna(0)), floor)
     return m[~((m.relative_saved - m.relative_fresh).abs() <= tol)]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ROLES', 'IMAGE_TOKEN', 'LLAVA_SOURCES', 'load_records', 'resolve_image', 'record_problems', 'open_image', 'BadRecord',
            'validate_records', 'report_summary', 'source_from_path', 'record_source', 'record_task', 'count_sources',
-           'check_indices', 'write_subset', 'check_data_args', 'check_data_main']
+           'source_shares', 'plot_source_shares', 'check_indices', 'write_subset', 'check_data_args', 'check_data_main']
 
 # %% ../nbs/01_data.ipynb #2ff800af
 import json, os
@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 from .core import CoincideError, atomic_write, save_npy
@@ -206,6 +207,29 @@ def record_task(rec:dict) -> str|None:
 def count_sources(records:list) -> Counter:
     "How many records come from each source, most common first."
     return Counter(record_source(r) for r in records)
+
+# %% ../nbs/01_data.ipynb #49a6bd9d
+def source_shares(records:list, # all records, as loaded
+                  subsets:dict, # subset name -> selected record indices (m,) int
+                 ) -> pd.DataFrame: # rows 'pool' then each subset, columns the sources; each row sums to 1
+    "Share of each source (`record_source`) in the pool and in every subset."
+    src = pd.Series([record_source(r) for r in records])
+    shares = {'pool': src.value_counts(normalize=True)} | {name: src.iloc[np.asarray(idx, dtype=np.int64)].value_counts(normalize=True)
+                                                           for name, idx in subsets.items()}
+    return pd.DataFrame(shares).fillna(0.0).T.sort_index(axis=1)
+
+# %% ../nbs/01_data.ipynb #489d894b
+def plot_source_shares(records:list, # all records, as loaded
+                       subsets:dict, # subset name -> selected record indices (m,) int
+                       ax=None, # a matplotlib axis to draw on (None: a new figure)
+                      ):
+    "Stacked bars of the source shares of the pool and of every subset; returns the axis."
+    import matplotlib.pyplot as plt
+    frame = source_shares(records, subsets)
+    if ax is None: _, ax = plt.subplots(figsize=(1.5 + 0.6 * len(frame), 3.5))
+    frame.plot.bar(stacked=True, ax=ax, width=0.8, colormap='tab10')
+    ax.set_ylabel('share of records'); ax.legend(fontsize=7, bbox_to_anchor=(1, 1)); ax.tick_params(axis='x', rotation=30)
+    return ax
 
 # %% ../nbs/01_data.ipynb #6a0e2370
 def check_indices(indices, # selected record indices

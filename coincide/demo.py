@@ -4,19 +4,21 @@
 
 # %% auto #0
 __all__ = ['PAPER_LAYERS', 'METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'scale_layers', 'stage_key', 'cached_stage',
-           'relative_per_seed', 'summarise', 'markdown_table', 'Demo', 'run_stage', 'benchmark_stage',
-           'reference_stage', 'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection',
-           'baseline_stage', 'target_init_stage', 'target_stage', 'select_all', 'run_demo', 'write_results',
-           'plot_per_benchmark', 'plot_relative', 'plot_composition', 'demo_args', 'demo_main']
+           'scored_suites', 'relative_per_seed', 'paired_difference', 'summarise', 'markdown_table', 'Demo',
+           'run_stage', 'benchmark_stage', 'reference_stage', 'cluster_stage', 'coincide_stages', 'scores_stage',
+           'baseline_selection', 'baseline_stage', 'target_init_stage', 'target_stage', 'select_all', 'run_demo',
+           'write_results', 'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
 
 # %% ../nbs/10_demo.ipynb #ac404098
-import hashlib, json, shutil, time
+import hashlib, json, math, shutil, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from scipy import stats
 from tqdm.auto import tqdm
 from .core import CoincideError, save_json, atomic_write
+from .training import relative_performance
 
 # %% ../nbs/10_demo.ipynb #2c962bce
 PAPER_LAYERS = (3, 7, 11, 15, 19) # the paper's layers of TinyLLaVA-2.0B's 24 decoder layers
@@ -76,39 +78,77 @@ def cached_stage(cache:Path, # the demo's cache folder
     return folder, result
 
 # %% ../nbs/10_demo.ipynb #f0c2c5b1
+def scored_suites(per_seed:pd.DataFrame, # rows: method, seed, one column per suite (accuracy 0..1); needs the 'full' rows
+                  chance:dict, # suite -> chance accuracy
+                  n_items:dict, # suite -> evaluation items per seed
+                 ) -> pd.DataFrame: # one row per suite: full (pooled accuracy), chance, threshold, scored (bool)
+    "Which suites enter the relative mean: those where the full-data model beats chance by 2 binomial standard errors."
+    full = per_seed[per_seed.method == 'full']
+    if full.empty: raise CoincideError("no 'full' rows: the suites are chosen by the full-data model's accuracy")
+    names = list(chance)
+    c, n = pd.Series(chance, dtype=float)[names], pd.Series(n_items, dtype=float)[names] * len(full)
+    threshold = c + 2 * np.sqrt(c * (1 - c) / n)
+    acc = full[names].mean()
+    return pd.DataFrame({'full': acc, 'chance': c, 'threshold': threshold, 'scored': acc >= threshold}).rename_axis('suite')
+
+# %% ../nbs/10_demo.ipynb #0881fbb0
 def relative_per_seed(per_seed:pd.DataFrame, # rows: method, seed, one column per suite (accuracy 0..1)
-                      suites:list, # the suite columns
+                      suites:list, # the scored suites (`scored_suites`)
                      ) -> pd.Series: # relative performance (%) of each row
     "Relative performance of every (method, seed) row against the full-data model of the same seed."
+    if not (per_seed.method == 'full').any(): raise CoincideError("no 'full' rows: the relative performance needs the full-data model")
     full = per_seed[per_seed.method == 'full'].set_index('seed')[suites]
-    if full.empty: raise CoincideError("no 'full' rows: the relative performance needs the full-data model")
-    base = full.loc[per_seed.seed, suites].to_numpy()                                   # (rows, suites)
-    if (base <= 0).all(1).any(): raise CoincideError("the full-data model scores 0 on every suite: train it longer")
-    ratio = np.where(base > 0, per_seed[suites].to_numpy() / np.where(base > 0, base, 1), np.nan)   # (rows, suites)
-    return pd.Series(100 * np.nanmean(ratio, 1), index=per_seed.index)
+    return pd.Series([relative_performance(r[suites], full.loc[r.seed]) for _, r in per_seed.iterrows()], index=per_seed.index)
+
+# %% ../nbs/10_demo.ipynb #f34fc4e0
+def paired_difference(rel:pd.Series, # relative performance (%) of one method, indexed by seed
+                      ref:pd.Series, # relative performance (%) of the method compared against, indexed by seed
+                      confidence:float=0.95, # coverage of the t-interval
+                     ) -> tuple: # (mean difference, interval low, interval high); the interval is NaN with one seed
+    "Mean over seeds of the paired difference rel - ref and its t-interval."
+    d = (rel - ref.loc[rel.index]).to_numpy(dtype=float)                  # (seeds,)
+    if len(d) < 2: return float(d.mean()), math.nan, math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 # %% ../nbs/10_demo.ipynb #b741b833
 def summarise(per_seed:pd.DataFrame, # rows: method, seed, fraction, select_seconds, one column per suite
-              suites:list, # the suite columns
-             ) -> pd.DataFrame: # one row per method: fraction, suites, relative, relative_std, select_seconds
-    "The demo's results table: means over seeds per method, `full` first, then by relative performance."
-    ps = per_seed.assign(relative=relative_per_seed(per_seed, suites))
+              suites:list, # every suite column (all are shown)
+              scored:list, # the suites that enter the relative mean (`scored_suites`)
+             ) -> pd.DataFrame: # one row per method, the columns of results.csv
+    "The demo's results table: means over seeds per method, spread (ddof 1), paired difference to Random; `full` first."
+    ps = per_seed.assign(relative=relative_per_seed(per_seed, scored))
     g = ps.groupby('method', sort=False)
-    out = g[['fraction', *suites, 'relative', 'select_seconds']].mean()
-    out.insert(len(suites) + 2, 'relative_std', g['relative'].std(ddof=0).fillna(0.0))
+    out = g[['fraction', *suites, 'relative']].mean()
+    out['relative_sd'] = g['relative'].std(ddof=1)
+    rel = {m: r.set_index('seed')['relative'] for m, r in ps.groupby('method', sort=False)}
+    diffs = {m: paired_difference(r, rel['random']) if 'random' in rel and m != 'random' else (math.nan,) * 3 for m, r in rel.items()}
+    out[['diff_vs_random', 'diff_ci_low', 'diff_ci_high']] = pd.DataFrame(diffs, index=['d', 'lo', 'hi']).T
+    out['seeds'] = g.size()
+    out['select_seconds'] = g['select_seconds'].mean()
     order = ['full'] + out.drop('full').sort_values('relative', ascending=False).index.tolist()
     return out.loc[order].reset_index()
 
 # %% ../nbs/10_demo.ipynb #7516d748
-def markdown_table(table:pd.DataFrame) -> str:
-    "The results table as Markdown: accuracies in %, relative performance with its spread."
-    t = table.copy()
-    cols = [c for c in t.columns if c not in ('method', 'fraction', 'relative', 'relative_std', 'select_seconds')]
-    lines = ['| method | fraction | ' + ' | '.join(cols) + ' | relative (%) | select (s) |', '|' + '---|' * (len(cols) + 4)]
-    for _, r in t.iterrows():
+def markdown_table(table:pd.DataFrame, # from `summarise`
+                   scored:list, # the suites in the relative mean; the others are marked with *
+                  ) -> str:
+    "The results table as Markdown: accuracies in %, relative performance ± sd, paired difference to Random with its 95 % interval."
+    fixed = ('method', 'fraction', 'relative', 'relative_sd', 'diff_vs_random', 'diff_ci_low', 'diff_ci_high', 'seeds', 'select_seconds')
+    cols = [c for c in table.columns if c not in fixed]
+    head = [c if c in scored else f'{c}*' for c in cols]
+    lines = ['| method | fraction | ' + ' | '.join(head) + ' | relative (%) | vs Random (points, 95 % CI) | seeds | select (s) |',
+             '|' + '---|' * (len(cols) + 6)]
+    def pm(v): return '' if math.isnan(v) else f' ± {v:.1f}'
+    def diff(r): return '' if math.isnan(r.diff_vs_random) else f'{r.diff_vs_random:+.1f}' + ('' if math.isnan(r.diff_ci_low) else f' [{r.diff_ci_low:+.1f}, {r.diff_ci_high:+.1f}]')
+    for _, r in table.iterrows():
         accs = ' | '.join(f'{100 * r[c]:.1f}' for c in cols)
-        lines.append(f"| {r.method} | {r.fraction:g} | {accs} | {r.relative:.1f} ± {r.relative_std:.1f} | {r.select_seconds:.1f} |")
-    return '\n'.join(lines)
+        lines.append(f"| {r.method} | {r.fraction:g} | {accs} | {r.relative:.1f}{pm(r.relative_sd)} | {diff(r)} | {r.seeds:.0f} | {r.select_seconds:.1f} |")
+    notes = []
+    if not scored: notes.append('No suite where the full-data model is above chance: relative performance is undefined (nan); train on more data.')
+    if set(cols) - set(scored): notes.append('* not in the relative mean: the full-data model is not above chance by 2 binomial standard errors there.')
+    if table.seeds.max() < 2: notes.append('One seed: no spread and no interval; run with --seeds 3 or more to compare methods.')
+    return '\n'.join(lines + [''] * bool(notes) + notes)
 
 # %% ../nbs/10_demo.ipynb #77336c9f
 @dataclass
@@ -183,7 +223,7 @@ def cluster_stage(demo:Demo, # the demo's state
 def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     "Extract, cluster and select with COINCIDE; return (indices, seconds of extract + cluster + select)."
     from coincide.activations import extract
-    from coincide.selection import select_coincide, save_selection
+    from coincide.selection import select_coincide, save_selection, RUN_FILES
     from coincide.models import get_preset
     c, bench = demo.cfg, demo.bench
     layers = scale_layers(get_preset(c.reference_preset).text_layers)
@@ -194,8 +234,9 @@ def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
     demo.keys['cluster'], demo.seconds['cluster'] = clustered.name, res['seconds']
     def select(f):
         idx, table = select_coincide(clustered, c.fraction, c.tau, progress=False)
-        save_selection(f, idx, 'select', {'fraction': c.fraction, 'tau': c.tau, 'mode': 'exact', 'n_records': len(demo.train)},
-                       {'embeddings': run/'embeddings.npy', 'assignments': clustered/'assignments.npy'}, table=table)
+        params = {'fraction': c.fraction, 'tau': c.tau, 'sigma': 1.0, 'mode': 'exact', 'transfer': 'paper', 'transfer_columns': 'text',
+                  'knn': 4, 'density': 'paper', 'n_records': len(demo.train)}
+        save_selection(f, idx, 'select', params, {n.split('.')[0]: clustered/n for n in RUN_FILES}, table=table)
     sel, _ = run_stage(demo, 'select-coincide', {'cluster': demo.keys['cluster'], 'fraction': c.fraction, 'tau': c.tau}, select)
     return np.load(sel/'indices.npy'), sum(demo.seconds[s] for s in ('extract', 'cluster', 'select-coincide'))
 
@@ -230,17 +271,22 @@ def scores_stage(demo:Demo, ref_model:Path, target_init:Path) -> tuple:
 def baseline_selection(demo:Demo, # the demo's state, after `scores_stage`
                        name:str, # a baseline of `coincide.baselines`
                        fraction:float, # the budget
-                      ) -> tuple: # (selection folder with indices.npy, {'seconds': ...})
+                       seed:int=0, # the baseline's seed (Random's draw; k-means of SemDeDup and Self-Sup)
+                      ) -> tuple: # (selection folder with indices.npy and manifest.json, {'seconds': ...})
     "Select `fraction` with baseline `name` from the demo's cached scores (cached; the ablations reuse it)."
     from coincide.baselines import run_baseline
     scores = demo.cache/demo.keys['scores']
-    def build(f): run_baseline(name, scores, fraction, out=f, records=demo.train, seed=0)
-    return cached_stage(demo.cache, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': fraction}, _timed(build))
+    def build(f): run_baseline(name, scores, fraction, out=f, records=demo.train, seed=seed)
+    return cached_stage(demo.cache, f'select-{name}', {'scores': demo.keys['scores'], 'fraction': fraction, 'seed': seed}, _timed(build))
 
-def baseline_stage(demo:Demo, name:str, score_seconds:dict) -> tuple:
-    "Select the demo's fraction with baseline `name`; return (indices, select_seconds including the scores it reads)."
-    sel, res = baseline_selection(demo, name, demo.cfg.fraction)
-    demo.keys[f'select-{name}'], demo.seconds[f'select-{name}'] = sel.name, res['seconds']
+def baseline_stage(demo:Demo, # the demo's state, after `scores_stage`
+                   name:str, # a baseline of `coincide.baselines`
+                   score_seconds:dict, # score family -> seconds it took (from `scores_stage`)
+                   seed:int=0, # the baseline's seed
+                  ) -> tuple: # (indices (m,) int64, select_seconds including the scores it reads)
+    "Select the demo's fraction with baseline `name`."
+    sel, res = baseline_selection(demo, name, demo.cfg.fraction, seed)
+    demo.keys[f'select-{name}-{seed}'], demo.seconds[f'select-{name}-{seed}'] = sel.name, res['seconds']
     return np.load(sel/'indices.npy'), res['seconds'] + sum(score_seconds[s] for s in SCORES_USED[name])
 
 # %% ../nbs/10_demo.ipynb #88ccb968
@@ -265,21 +311,28 @@ def target_stage(demo:Demo, method:str, indices, seed:int, init:Path) -> dict:
     return res['accuracy']
 
 # %% ../nbs/10_demo.ipynb #6d89f892
-def select_all(demo:Demo, ref_model:Path, inits:dict) -> dict:
-    "Every method's selection: method -> (indices (m,) int64, select_seconds)."
-    out = {}
-    if 'coincide' in demo.cfg.methods: out['coincide'] = coincide_stages(demo, ref_model)
+def select_all(demo:Demo, # the demo's state, after the benchmark stage
+               ref_model:Path, # the reference model folder
+               inits:dict, # seed -> stage-1 target folder (seed 0's drives Self-Filter's score network)
+              ) -> dict: # (method, seed) -> (indices (m,) int64, select_seconds)
+    "Every method's selection for every seed: Random draws afresh per seed, the deterministic methods select once."
+    out, seeds = {}, range(demo.cfg.seeds)
+    if 'coincide' in demo.cfg.methods:
+        sel = coincide_stages(demo, ref_model)
+        out |= {('coincide', s): sel for s in seeds}
     baselines = [m for m in demo.cfg.methods if m != 'coincide']
     if baselines:
         _, secs = scores_stage(demo, ref_model, inits[0])
-        for m in baselines: out[m] = baseline_stage(demo, m, secs)
+        for m in baselines:
+            fixed = None if m == 'random' else baseline_stage(demo, m, secs)
+            out |= {(m, s): fixed or baseline_stage(demo, m, secs, s) for s in seeds}
     return out
 
 # %% ../nbs/10_demo.ipynb #b27ee8f3
 def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
              out:str|Path, # output folder: results files, plots, and the stage cache in OUT/cache
             ) -> pd.DataFrame: # the results table, one row per method (`full` first)
-    "Run the CPU demo end to end (cached) and write results.csv, results_per_seed.csv, results.md and plots."
+    "Run the CPU demo end to end (cached) and write results.csv, results_per_seed.csv, suites.csv, results.md and plots."
     out = Path(out); demo = Demo(cfg, out/'cache')
     steps = ['benchmark', 'reference model', 'target stage 1', 'selection', 'target training', 'results']
     bar = tqdm(steps, desc='demo', unit='stage')
@@ -291,28 +344,40 @@ def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
     step(4); rows = []
     for seed in range(cfg.seeds):
         rows.append({'method': 'full', 'seed': seed, 'fraction': 1.0, 'select_seconds': 0.0, **target_stage(demo, 'full', None, seed, inits[seed])})
-        for m, (idx, secs) in selections.items():
+        for m in cfg.methods:
+            idx, secs = selections[m, seed]
             rows.append({'method': m, 'seed': seed, 'fraction': cfg.fraction, 'select_seconds': secs, **target_stage(demo, m, idx, seed, inits[seed])})
     step(5); per_seed = pd.DataFrame(rows)
-    table = summarise(per_seed, list(demo.setup.suites))
-    write_results(out, demo, per_seed, table, {m: idx for m, (idx, _) in selections.items()})
+    suites = scored_suites(per_seed, demo.setup.chance, {s: len(r) for s, r in demo.setup.records.items()})
+    table = summarise(per_seed, list(demo.setup.suites), suites.index[suites.scored].tolist())
+    write_results(out, demo, per_seed, table, suites, {m: idx for (m, s), (idx, _) in selections.items() if s == 0})
     bar.update(1); bar.close()
     return table
 
 # %% ../nbs/10_demo.ipynb #3277bd5d
-def write_results(out:Path, demo:Demo, per_seed:pd.DataFrame, table:pd.DataFrame, selections:dict):
-    "Write the results table (CSV, Markdown), the per-seed values, the plots and a manifest."
-    from coincide.core import write_manifest, now_iso
+def write_results(out:Path, # the demo's output folder
+                  demo:Demo, # the demo's state after all stages
+                  per_seed:pd.DataFrame, # one row per (method, seed)
+                  table:pd.DataFrame, # from `summarise`
+                  suites:pd.DataFrame, # from `scored_suites`
+                  selections:dict, # method -> its seed-0 indices, for the composition plot
+                 ):
+    "Write the results table (CSV, Markdown), the per-seed values, the suite choice, the plots and a manifest."
+    from coincide.core import write_manifest
+    from coincide.data import plot_source_shares
+    import matplotlib.pyplot as plt
+    scored = suites.index[suites.scored].tolist()
     with atomic_write(out/'results.csv', 'w') as f: table.to_csv(f, index=False, float_format='%.6g')
     with atomic_write(out/'results_per_seed.csv', 'w') as f: per_seed.to_csv(f, index=False, float_format='%.6g')
-    with atomic_write(out/'results.md', 'w') as f: f.write(markdown_table(table) + '\n')
-    plots = {'per_benchmark': plot_per_benchmark(per_seed, list(demo.setup.suites)),
-             'relative': plot_relative(per_seed, list(demo.setup.suites)),
-             'composition': plot_composition(demo.train, selections)}
+    with atomic_write(out/'suites.csv', 'w') as f: suites.to_csv(f, float_format='%.6g')
+    with atomic_write(out/'results.md', 'w') as f: f.write(markdown_table(table, scored) + '\n')
+    composition = plot_source_shares(demo.train, selections).figure; plt.close(composition)
+    plots = {'per_benchmark': plot_per_benchmark(per_seed, list(demo.setup.suites)), 'relative': plot_relative(table),
+             'composition': composition}
     for name, fig in plots.items():
         with atomic_write(out/f'{name}.png', 'wb') as f: fig.savefig(f, format='png', dpi=110, bbox_inches='tight')
     write_manifest(out/'manifest.json', 'demo', asdict(demo.cfg), {'train': demo.bench/'train.json'}, seed=0,
-                   outputs={n: out/n for n in ('results.csv', 'results_per_seed.csv', 'results.md')},
+                   outputs={n: out/n for n in ('results.csv', 'results_per_seed.csv', 'suites.csv', 'results.md')},
                    stage_seconds=demo.seconds, stage_keys=demo.keys)
 
 # %% ../nbs/10_demo.ipynb #d84bd488
@@ -327,31 +392,18 @@ def plot_per_benchmark(per_seed:pd.DataFrame, suites:list):
     return fig
 
 # %% ../nbs/10_demo.ipynb #c37d1605
-def plot_relative(per_seed:pd.DataFrame, suites:list):
-    "Relative performance (% of full data) of each method, mean and spread over seeds."
-    import matplotlib.pyplot as plt, seaborn as sns
-    ps = per_seed.assign(relative=relative_per_seed(per_seed, suites))
-    ps = ps[ps.method != 'full']
-    order = ps.groupby('method')['relative'].mean().sort_values(ascending=False).index
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.barplot(ps, x='method', y='relative', order=order, errorbar='sd', ax=ax, color='tab:blue')
-    ax.axhline(100, color='k', lw=0.8, ls='--'); ax.tick_params(axis='x', rotation=30)
-    ax.set_ylabel('relative performance (% of full data)'); plt.close(fig)
-    return fig
-
-# %% ../nbs/10_demo.ipynb #f344b273
-def plot_composition(records:list, # all training records
-                     selections:dict, # method -> selected indices
-                    ):
-    "Share of each source in the pool and in every method's subset (stacked bars)."
+def plot_relative(table:pd.DataFrame): # from `summarise`
+    "Each method's relative performance (mean ± sd over seeds) and its paired difference to Random (95 % interval)."
     import matplotlib.pyplot as plt
-    from coincide.data import record_source
-    src = pd.Series([record_source(r) for r in records])
-    shares = {'pool': src.value_counts(normalize=True)} | {m: src.iloc[idx].value_counts(normalize=True) for m, idx in selections.items()}
-    frame = pd.DataFrame(shares).fillna(0).T
-    fig, ax = plt.subplots(figsize=(8, 4))
-    frame.plot.bar(stacked=True, ax=ax, width=0.8, colormap='tab10')
-    ax.set_ylabel('share of records'); ax.legend(fontsize=7, bbox_to_anchor=(1, 1)); ax.tick_params(axis='x', rotation=30)
+    t = table[table.method != 'full']
+    y = np.arange(len(t))                                                   # (methods,)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 1.5 + 0.4 * len(t)), sharey=True)
+    a.errorbar(t.relative, y, xerr=t.relative_sd.fillna(0), fmt='o', capsize=3)
+    a.axvline(100, color='k', lw=0.8, ls='--'); a.set_yticks(y, t.method); a.invert_yaxis()
+    a.set_xlabel('relative performance (% of full data), mean ± sd')
+    err = np.nan_to_num(np.stack([t.diff_vs_random - t.diff_ci_low, t.diff_ci_high - t.diff_vs_random]))   # (2, methods)
+    b.errorbar(t.diff_vs_random, y, xerr=err, fmt='o', capsize=3, color='tab:red')
+    b.axvline(0, color='k', lw=0.8, ls='--'); b.set_xlabel('difference to Random (points), 95 % interval')
     plt.close(fig)
     return fig
 

@@ -1,20 +1,81 @@
-"""The demo end to end on a micro configuration: all ten rows, the relative column, plots, and a cached rerun."""
-import time
+"""The demo end to end on a micro configuration: all ten rows, the statistics columns, plots, a cached
+rerun, and every selection it wrote re-derived by `coincide verify --rederive`."""
+import json, time
+import numpy as np
 import pandas as pd
+import pytest
+from coincide.core import save_npy, sha256_file
 from coincide.demo import DemoConfig, METHODS, run_demo
 
-MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, seeds=1)
+MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, seeds=2)
 
 
-def test_micro_demo_writes_results_and_reuses_its_cache(tmp_path):
-    table = run_demo(MICRO, tmp_path)
-    res = pd.read_csv(tmp_path/'results.csv')
+@pytest.fixture(scope='module')
+def micro(tmp_path_factory):
+    out = tmp_path_factory.mktemp('demo')
+    return out, run_demo(MICRO, out)
+
+
+def test_micro_demo_writes_results_and_reuses_its_cache(micro):
+    out, table = micro
+    res = pd.read_csv(out/'results.csv')
     assert sorted(res.method) == sorted(['full', *METHODS])
-    assert {'fraction', 'relative', 'relative_std', 'select_seconds'} <= set(res.columns)
-    assert res.set_index('method').loc['full', 'relative'] == 100
-    assert len(pd.read_csv(tmp_path/'results_per_seed.csv')) == 10
-    assert all((tmp_path/f'{p}.png').stat().st_size > 0 for p in ('per_benchmark', 'relative', 'composition'))
+    assert {'fraction', 'relative', 'relative_sd', 'diff_vs_random', 'diff_ci_low', 'diff_ci_high', 'seeds',
+            'select_seconds'} <= set(res.columns)
+    assert (res.seeds == 2).all()
+    per_seed = pd.read_csv(out/'results_per_seed.csv')
+    assert len(per_seed) == 20
+    suites = pd.read_csv(out/'suites.csv', index_col='suite')
+    assert set(suites.index) == set(per_seed.columns) - {'method', 'seed', 'fraction', 'select_seconds'}
+    r = res.set_index('method')
+    if suites.scored.any(): assert r.loc['full', 'relative'] == pytest.approx(100)
+    assert np.isnan(r.loc['random', 'diff_vs_random'])
+    other = r.drop(['random', 'full'])
+    if suites.scored.any(): assert ((other.diff_ci_low <= other.diff_vs_random) & (other.diff_vs_random <= other.diff_ci_high)).all()
+    else: assert other.relative.isna().all() and 'No suite where' in (out/'results.md').read_text()
+    assert all((out/f'{p}.png').stat().st_size > 0 for p in ('per_benchmark', 'relative', 'composition'))
     t = time.perf_counter()
-    again = run_demo(MICRO, tmp_path)
+    again = run_demo(MICRO, out)
     assert time.perf_counter() - t < 60
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_random_draws_afresh_for_each_seed_and_the_others_select_once(micro):
+    out, _ = micro
+    sels = {p.name: p for p in (out/'cache').glob('select-*')}
+    def params(p): return json.loads((p/'done.json').read_text())['params']
+    random = [np.load(p/'indices.npy') for n, p in sels.items() if n.startswith('select-random-')]
+    assert len(random) == 2 and not np.array_equal(*random)
+    assert len([n for n in sels if n.startswith('select-semdedup-')]) == 1
+    assert {params(p)['seed'] for n, p in sels.items() if n.startswith('select-random-')} == {0, 1}
+
+
+def test_verify_rederives_every_selection_of_the_demo(micro, cli):
+    out, _ = micro
+    folders = sorted(p for p in (out/'cache').glob('select-*') if (p/'indices.npy').is_file())
+    assert {f.name.rsplit('-', 1)[0] for f in folders} == {f'select-{m}' for m in METHODS}
+    for f in folders:
+        res = cli('verify', f, '--rederive')
+        assert res.returncode == 0, f"{f.name}: {res.stdout}{res.stderr}"
+        assert 're-derived: identical indices' in res.stdout
+
+
+@pytest.mark.parametrize('method', ['coincide', 'semdedup'])
+def test_verify_rederive_catches_a_tampered_selection(micro, cli, tmp_path, method):
+    out, _ = micro
+    src = next((out/'cache').glob(f'select-{method}-*'))
+    idx = np.load(src/'indices.npy')
+    swapped = np.sort(np.r_[idx[1:], np.setdiff1d(np.arange(MICRO.n_train), idx)[0]])
+    save_npy(src/'indices.npy', swapped)
+    original = (src/"manifest.json").read_text(); man = json.loads(original)
+    try:
+        plain = cli('verify', src, '--rederive')
+        assert plain.returncode == 1 and 'has changed' in plain.stdout and 'Traceback' not in plain.stderr
+        man['outputs']['indices']['sha256'] = sha256_file(src/'indices.npy')          # a tamper that also fixes the hash
+        (src/'manifest.json').write_text(json.dumps(man))
+        res = cli('verify', src, '--rederive')
+        assert res.returncode == 1, res.stdout
+        assert 're-derived selection differs from indices.npy (2 indices differ)' in res.stdout
+        assert 'Traceback' not in res.stderr
+    finally:
+        save_npy(src/"indices.npy", idx); (src/"manifest.json").write_text(original)
