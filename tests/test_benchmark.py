@@ -1,4 +1,4 @@
-"""The CPU benchmark: file contract, labels read back from pixels, determinism, shares, transfer suites, cache, CLI."""
+"""The CPU benchmark: file contract, labels read back from pixels (benchmark_oracle.py), determinism, shares, transfer suites, cache, CLI."""
 import json, time
 from collections import Counter
 from pathlib import Path
@@ -8,9 +8,11 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from coincide.benchmark import (COLOURS, BG, SUITES, make, load_benchmark, benchmark_meta, expected_answers, is_correct)
+from coincide.benchmark import COLOURS, BG, SUITES, make, load_benchmark, benchmark_meta
 from coincide.core import CoincideError
 from coincide.data import validate_records
+from coincide.scoring import is_correct
+from benchmark_oracle import expected_answers
 
 FIXTURE = Path(__file__).parent.parent/'data'/'fixture'
 FIXTURE_CALL = dict(n_train=50, n_eval=2, n_captions=10, seed=0) # the call documented in data/README.md
