@@ -247,11 +247,12 @@ def test_clip_score_computed_once_then_ranked(coincide, tmp_path, world):
 @pytest.mark.slow
 def test_a_model_trained_on_some_answers_ranks_them_easy(tmp_path, world):
     "Records whose answers the reference model has learnt (red and green) get the lowest EL2N and perplexity; keep=bottom picks them."
-    from coincide.baselines import encode_record, _open_image, _collate, run_baseline
+    from coincide.baselines import run_baseline
+    from coincide.model_scores import record_batch
     proc = world['processor']; model = build_tiny_llava('test', proc.tokenizer, seed=3)
     recs = world['records']; learnt = [i for i in range(30) if i % 6 in (0, 1)]          # 10 records: red, green
     torch.manual_seed(0); opt = torch.optim.AdamW(model.parameters(), lr=3e-3); model.train()
-    batch = _collate([encode_record(recs[i], proc, _open_image(recs[i], world['images'], i), i) for i in learnt], proc.tokenizer.pad_token_id)
+    batch = record_batch(recs, learnt, proc, world['images'])
     for _ in range(60):
         loss = model(**batch).loss
         opt.zero_grad(); loss.backward(); opt.step()

@@ -6,7 +6,8 @@ from coincide.core import CoincideError
 from coincide.data import load_records
 from coincide.models import toy_benchmark, train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
 from coincide.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
-                               evaluate_vlm, normalize_answer, is_correct, relative_performance)
+                               evaluate_vlm, relative_performance)
+from coincide.benchmark import normalize_answer, is_correct
 
 
 @pytest.fixture(scope='module')
