@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-slow check-sync nbtest pytest clean
+.PHONY: setup demo test test-slow check-sync nbtest pytest outputs clean
 
 ## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with dev tools
 setup: $(VENV)/.installed
@@ -46,6 +46,11 @@ test: setup check-sync nbtest pytest
 test-slow: setup
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ --runslow
+
+## outputs: run the notebooks as nbdev_test does and store their outputs (NB=one notebook or folder; FLAGS="slow gpu" runs flagged cells too)
+outputs: setup
+	OMP_NUM_THREADS=1 $(PY) tools/run_notebooks.py $(NB) --flags "$(FLAGS)"
+	$(BIN)/nbdev_clean
 
 clean:
 	rm -rf $(VENV) *.egg-info
