@@ -21,7 +21,8 @@ from .core import CoincideError, pick_device, load_npy, now_iso, write_manifest
 from .data import open_image, check_indices
 from .models import (encode_text, num_image_tokens, pixel_tensor, train_tokenizer, record_texts, build_processor,
                              build_tiny_llava, save_vlm, load_vlm)
-from .benchmark import is_correct, load_benchmark, benchmark_meta
+from .benchmark import load_benchmark, benchmark_meta
+from .scoring import is_correct
 
 # %% ../nbs/09_training.ipynb #44fd440b
 @dataclass

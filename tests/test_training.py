@@ -1,18 +1,19 @@
 """coincide.training: encoding cache, answer-only loss, deterministic training, generation and scoring."""
 import numpy as np, pandas as pd, pytest, torch
 from dataclasses import replace
-from PIL import Image
+from coincide.benchmark import make, benchmark_meta
 from coincide.core import CoincideError
-from coincide.data import load_records
-from coincide.models import toy_benchmark, train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
+from coincide.data import load_records, open_image
+from coincide.models import train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
 from coincide.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
                                evaluate_vlm, relative_performance)
-from coincide.benchmark import normalize_answer, is_correct
+from coincide.scoring import normalize_answer, is_correct
 
 
 @pytest.fixture(scope='module')
-def toy(tmp_path_factory):
-    d = toy_benchmark(tmp_path_factory.mktemp('toy'), n_train=32, n_eval=8)
+def bench(tmp_path_factory):
+    """(folder, training records, processor, encoded records) of a small benchmark."""
+    d = make(tmp_path_factory.mktemp('bench')/'b', n_train=32, n_eval=8, n_captions=16)
     recs = load_records(d/'train.json')
     proc = build_processor(train_tokenizer(record_texts(recs), vocab_size=200))
     return d, recs, proc, encode_records(proc, recs, d)
@@ -30,28 +31,30 @@ def _train(proc, enc, seed, cfg=CFG, idx=None):
 def _same(a, b): return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_encoded_set_matches_encode_example(toy):
-    d, recs, proc, enc = toy
+def test_encoded_set_matches_encode_example(bench):
+    d, recs, proc, enc = bench
     for i, r in enumerate(recs):
-        ex = encode_example(proc, r, Image.open(d/r['image']) if 'image' in r else None)
+        ex = encode_example(proc, r, open_image(r, d))
         assert torch.equal(enc.ids[i], ex['input_ids']) and torch.equal(enc.labels[i], ex['labels'])
         if 'image' in r: assert torch.equal(enc.pixels[enc.image_index[i]], ex['pixel_values'][0])
 
 
-def test_batch_labels_are_masked_outside_answers(toy):
-    d, recs, proc, enc = toy
-    b = collate(enc, [0, 3, 5], proc.tokenizer.pad_token_id)
+def test_batch_labels_are_masked_outside_answers(bench):
+    d, recs, proc, enc = bench
+    one_turn = [i for i, r in enumerate(recs) if len(r['conversations']) == 2]
+    rows = [i for i in one_turn if 'image' in recs[i]][:2] + [i for i in one_turn if 'image' not in recs[i]][:1]
+    b = collate(enc, rows, proc.tokenizer.pad_token_id)
     pad = b['attention_mask'] == 0
     assert (b['labels'][pad] == -100).all() and pad.any()
     img = b['input_ids'] == proc.tokenizer.convert_tokens_to_ids('<image>')
     assert (b['labels'][img] == -100).all()
-    for row, i in enumerate([0, 3, 5]):
+    for row, i in enumerate(rows):
         m = answer_mask(b['labels'][row])
         assert proc.tokenizer.decode(b['input_ids'][row][m]) == ' ' + recs[i]['conversations'][-1]['value'] + '</s>'
 
 
-def test_answer_loss_equals_hf_shifted_loss(toy):
-    d, recs, proc, enc = toy
+def test_answer_loss_equals_hf_shifted_loss(bench):
+    d, recs, proc, enc = bench
     m = build_tiny_llava('test', proc.tokenizer, seed=1)
     b = collate(enc, range(6), proc.tokenizer.pad_token_id)
     with torch.no_grad():
@@ -59,23 +62,23 @@ def test_answer_loss_equals_hf_shifted_loss(toy):
         assert torch.allclose(answer_loss(m, b), ref, atol=1e-5)
 
 
-def test_training_is_deterministic_for_a_seed(toy):
-    d, recs, proc, enc = toy
+def test_training_is_deterministic_for_a_seed(bench):
+    d, recs, proc, enc = bench
     m1, l1 = _train(proc, enc, 0); m2, l2 = _train(proc, enc, 0); m3, _ = _train(proc, enc, 5)
     assert l1 == l2 and _same(m1, m2) and not _same(m1, m3)
     assert np.mean(l1[-2:]) < np.mean(l1[:2])
 
 
-def test_subset_indices_and_bad_indices(toy):
-    d, recs, proc, enc = toy
+def test_subset_indices_and_bad_indices(bench):
+    d, recs, proc, enc = bench
     _, l = _train(proc, enc, 0, idx=np.arange(8))
     assert len(l) == 2                                              # 8 records x 2 epochs / batch 8
     with pytest.raises(CoincideError, match='out of range'): _train(proc, enc, 0, idx=[0, 99])
     with pytest.raises(CoincideError, match='no records'): _train(proc, enc, 0, idx=[])
 
 
-def test_lora_is_deterministic_and_merged(toy):
-    d, recs, proc, enc = toy
+def test_lora_is_deterministic_and_merged(bench):
+    d, recs, proc, enc = bench
     cfg = replace(CFG, tune='lora', lora_r=4, lora_alpha=8)
     m1, _ = _train(proc, enc, 0, cfg); m2, _ = _train(proc, enc, 0, cfg)
     assert type(m1).__name__ == 'LlavaForConditionalGeneration' and _same(m1, m2)
@@ -85,21 +88,22 @@ def test_lora_is_deterministic_and_merged(toy):
     assert not torch.equal(m1.model.language_model.layers[0].self_attn.q_proj.weight, base.model.language_model.layers[0].self_attn.q_proj.weight)
 
 
-def test_batched_generation_equals_one_by_one(toy):
-    d, recs, proc, enc = toy
+def test_batched_generation_equals_one_by_one(bench):
+    d, recs, proc, enc = bench
     m, _ = _train(proc, enc, 0, replace(CFG, epochs=3))
-    ev = load_records(d/'eval'/'color.json')[:4] + load_records(d/'eval'/'sum.json')[:4]
+    ev = load_records(d/'eval'/'colour_recog.json')[:4] + load_records(d/'eval'/'text_qa.json')[:4]
     batched = generate_answers(m, proc, encode_records(proc, ev, d, prompt_only=True), batch_size=8)
     alone = [generate_answers(m, proc, encode_records(proc, [r], d, prompt_only=True))[0] for r in ev]
     assert batched == alone
 
 
-def test_evaluate_table(toy):
-    d, recs, proc, enc = toy
+def test_evaluate_table(bench):
+    d, recs, proc, enc = bench
     m, _ = _train(proc, enc, 0)
-    suites = {s: load_records(d/'eval'/f'{s}.json') for s in ('color', 'sum')}
-    tab = evaluate_vlm(m, proc, encode_suites(proc, suites, d), suites, {'color': 0.25, 'sum': 1/9})
-    assert list(tab.index) == ['color', 'sum'] and (tab.n == 8).all() and tab.accuracy.between(0, 1).all()
+    suites = {s: load_records(d/'eval'/f'{s}.json') for s in ('colour_recog', 'text_qa')}
+    chance = {s: benchmark_meta(d)['suites'][s]['chance'] for s in suites}
+    tab = evaluate_vlm(m, proc, encode_suites(proc, suites, d), suites, chance)
+    assert list(tab.index) == ['colour_recog', 'text_qa'] and (tab.n == 8).all() and tab.accuracy.between(0, 1).all()
 
 
 @pytest.mark.parametrize('pred,ref,ok', [('Red.', 'red', True), ('the red', 'red', True), ('  RED  square ', 'red square', True),
@@ -122,12 +126,12 @@ def test_relative_performance_arithmetic():
     with pytest.raises(CoincideError, match='score is 0'): relative_performance({'a': 1.0}, {'a': 0.0})
 
 
-def test_train_main_writes_model_eval_and_manifest(toy, tmp_path):
+def test_train_main_writes_model_eval_and_manifest(bench, tmp_path):
     import argparse, json
     from coincide.core import save_npy
     from coincide.models import load_vlm
     from coincide.training import train_args, train_main
-    d = toy[0]
+    d = bench[0]
     save_npy(tmp_path/'indices.npy', np.arange(0, 32, 2))
     p = argparse.ArgumentParser(); train_args(p)
     args = p.parse_args(['--bench', str(d), '--out', str(tmp_path/'run'), '--indices', str(tmp_path/'indices.npy'),
