@@ -31,7 +31,8 @@ def _top_help(cmds:dict) -> str:
             'COINCIDE data selection for vision-language models.\n\nsubcommands:\n' + '\n'.join(lines))
 
 # %% ../nbs/13_cli.ipynb #ae3b07b8
-def command_parser(name:str) -> tuple: # a registered subcommand name
+def command_parser(name:str, # a registered subcommand name
+                  ) -> tuple: # (argparse.ArgumentParser, the subcommand's main function)
     "Import the module of subcommand `name`; return its argument parser and its main function."
     mod_name, help_ = COMMANDS[name]
     mod = importlib.import_module(mod_name)

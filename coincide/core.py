@@ -68,7 +68,8 @@ def _pid_alive(pid:int) -> bool:
     except PermissionError: return True
     return True
 
-def remove_stale_parts(path:str|Path) -> list: # the temporary files removed
+def remove_stale_parts(path:str|Path, # the final file whose temporary siblings to look for
+                      ) -> list: # the temporary files removed
     "Remove the temporary files that killed writers of `path` left behind (`.NAME.<pid>-*.part` of dead pids)."
     path, gone = Path(path), []
     for p in path.parent.glob(f'.{glob.escape(path.name)}.*.part'):
@@ -96,7 +97,9 @@ def atomic_write(path:str|Path, # the final file
         raise
 
 # %% ../nbs/00_core.ipynb #d806d704
-def save_npy(path:str|Path, arr:np.ndarray):
+def save_npy(path:str|Path, # the .npy file to write
+             arr:np.ndarray, # any shape, plain numeric dtype
+            ):
     "Write `arr` to `path` as .npy, atomically."
     with atomic_write(path, 'wb') as f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
 
@@ -109,7 +112,9 @@ def _json_default(o):
     raise TypeError(f'{type(o).__name__} is not JSON serialisable')
 
 # %% ../nbs/00_core.ipynb #0da01b0b
-def save_json(path:str|Path, obj):
+def save_json(path:str|Path, # the .json file to write
+              obj, # dicts, lists, strings, numbers; numpy values and paths are converted
+             ):
     "Write `obj` to `path` as indented UTF-8 JSON, atomically."
     with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1, ensure_ascii=False, default=_json_default); f.write('\n')
 
@@ -130,7 +135,9 @@ def load_npy(path:str|Path, # a .npy file written by numpy
     return arr
 
 # %% ../nbs/00_core.ipynb #11c79d64
-def sha256_file(path:str|Path, chunk:int=1<<22) -> str:
+def sha256_file(path:str|Path, # the file to hash
+                chunk:int=1<<22, # bytes read at a time
+               ) -> str: # 64 hex digits
     "Hex sha256 of a file, read in chunks of `chunk` bytes."
     h = hashlib.sha256()
     with open(path, 'rb') as f:

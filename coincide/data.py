@@ -188,23 +188,27 @@ def report_summary(n_total:int, # records read
 # %% ../nbs/01_data.ipynb #a821f3e0
 LLAVA_SOURCES = ('coco', 'gqa', 'ocr_vqa', 'textvqa', 'vg')
 
-def source_from_path(rec:dict) -> str:
+def source_from_path(rec:dict, # a LLaVA record
+                    ) -> str:
     "The LLaVA-665K source of a record from its image path: coco, gqa, ocr_vqa, textvqa, vg, text or other."
     if rec.get('image') is None: return 'text'
     top = Path(rec['image']).parts[0]
     return top if top in LLAVA_SOURCES else 'other'
 
 # %% ../nbs/01_data.ipynb #84632bd3
-def record_source(rec:dict) -> str:
+def record_source(rec:dict, # a LLaVA or Vision-Flan record
+                 ) -> str:
     "A record's source: its own `source` field if it has one, else `source_from_path`."
     return rec['source'] if isinstance(rec.get('source'), str) else source_from_path(rec)
 
-def record_task(rec:dict) -> str|None:
+def record_task(rec:dict, # a Vision-Flan record
+               ) -> str|None:
     "A Vision-Flan record's task name (`task` or `task_name`), or None."
     return rec.get('task', rec.get('task_name'))
 
 # %% ../nbs/01_data.ipynb #5fbd74cf
-def count_sources(records:list) -> Counter:
+def count_sources(records:list, # records as loaded
+                 ) -> Counter:
     "How many records come from each source, most common first."
     return Counter(record_source(r) for r in records)
 
@@ -255,7 +259,8 @@ def write_subset(records:list, # all records, as loaded
     return out_path
 
 # %% ../nbs/01_data.ipynb #8e2ddc91
-def check_data_args(p):
+def check_data_args(p, # an argparse.ArgumentParser, filled in place
+                   ):
     "Arguments of `coincide check-data`."
     p.add_argument('--data', required=True, help='LLaVA JSON list or .jsonl file of records')
     p.add_argument('--images', default=None, help='image folder the records\' image paths are relative to')
@@ -263,7 +268,8 @@ def check_data_args(p):
     p.add_argument('--decode', action='store_true', help='also decode every image (slow)')
 
 # %% ../nbs/01_data.ipynb #d809f494
-def check_data_main(args) -> int:
+def check_data_main(args, # parsed by a parser that `check_data_args` set up
+                   ) -> int: # the exit status: 0 all good, 1 a record is bad
     "Run `coincide check-data`: print the validation report and source counts; 1 if any record is bad."
     records = load_records(args.data)
     good, bad = validate_records(records, args.images, strict=args.strict, decode=args.decode, source=args.data)

@@ -15,7 +15,8 @@ from .core import CoincideError, load_npy, sha256_file, budget_size
 from .data import load_records
 
 # %% ../nbs/12_verify.ipynb #b2d320c9
-def find_manifests(path:str|Path) -> list: # a folder with manifests, or one manifest file
+def find_manifests(path:str|Path, # a folder with manifests, or one manifest file
+                  ) -> list: # manifest paths, sorted
     "The manifest files to verify at `path`."
     path = Path(path)
     if path.is_file(): return [path]
@@ -25,7 +26,8 @@ def find_manifests(path:str|Path) -> list: # a folder with manifests, or one man
     return found
 
 # %% ../nbs/12_verify.ipynb #07a48113
-def read_manifest(path:Path) -> dict:
+def read_manifest(path:Path, # a manifest.json written by `coincide.core.write_manifest`
+                 ) -> dict:
     "A manifest as a dict; unreadable JSON raises `CoincideError`."
     try: man = json.loads(Path(path).read_text(encoding='utf-8'))
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CoincideError(f"{path}: not a readable manifest ({e})") from None
@@ -33,7 +35,8 @@ def read_manifest(path:Path) -> dict:
     return man
 
 # %% ../nbs/12_verify.ipynb #333d64f5
-def hash_problems(man:dict) -> list: # a manifest from `read_manifest`
+def hash_problems(man:dict, # a manifest from `read_manifest`
+                 ) -> list: # one message per missing or changed file
     "Problems with the recorded input and output files: missing, or a different sha256."
     probs = []
     for kind in ('inputs', 'outputs'):
@@ -154,13 +157,15 @@ def verify(path:str|Path, # an output folder of coincide, or one manifest file
     return out
 
 # %% ../nbs/12_verify.ipynb #24316f81
-def verify_args(p):
+def verify_args(p, # an argparse.ArgumentParser, filled in place
+               ):
     "Arguments of `coincide verify`."
     p.add_argument('dir', help='an output folder (selection or run folder) or a manifest file')
     p.add_argument('--rederive', action='store_true', help='also run each selection (COINCIDE or baseline) again from its recorded inputs and compare the indices')
 
 # %% ../nbs/12_verify.ipynb #bd51bc97
-def verify_main(args) -> int:
+def verify_main(args, # parsed by a parser that `verify_args` set up
+               ) -> int: # the exit status: 0 everything checks out, 1 a problem
     "Run `coincide verify`: print each manifest's problems; 1 if there is any."
     results = verify(args.dir, args.rederive)
     for mp, probs in results.items():
