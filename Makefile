@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-slow check-sync nbtest pytest outputs clean
+.PHONY: setup demo test test-slow check-sync nbtest pytest outputs readme clean
 
 ## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with dev tools
 setup: $(VENV)/.installed
@@ -51,6 +51,10 @@ test-slow: setup
 outputs: setup
 	OMP_NUM_THREADS=1 $(PY) tools/run_notebooks.py $(NB) --flags "$(FLAGS)"
 	$(BIN)/nbdev_clean
+
+## readme: write README.md from nbs/index.ipynb (tests check that they are in step)
+readme: setup
+	$(PY) tools/readme_from_index.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
