@@ -198,3 +198,15 @@ def test_stops_after_last_chosen_layer(llava, data, tmp_path, monkeypatch):
     for k, layer in enumerate(A.decoder_layers(vlm)): layer.register_forward_hook(lambda *a, k=k: ran.append(k))
     A.extract(data, data.parent/'images', (vlm, proc), LAYERS, tmp_path/'run', batch_size=8)
     assert sorted(set(ran)) == [0, 1]          # layer 2 starts (its o_proj is hooked) but never returns; layer 3 never runs
+
+
+def test_torchrun_two_processes_match_one(main, llava, data, tmp_path):
+    "`torchrun --nproc_per_node 2 coincide extract` as the notebook documents it: each rank is shard RANK of WORLD_SIZE, the last merges."
+    assert main(*args(data, llava, tmp_path/'one'))[0] == 0
+    bin_dir = Path(sys.executable).parent
+    cmd = [bin_dir/'torchrun', '--standalone', '--nproc_per_node', 2, bin_dir/'coincide', *args(data, llava, tmp_path/'two')]
+    res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path/'two'/'embeddings.npy').read_bytes() == (tmp_path/'one'/'embeddings.npy').read_bytes()
+    assert json.loads((tmp_path/'two'/'extract.manifest.json').read_text())['params']['shards'] == 2
+    assert not (tmp_path/'two'/'parts').exists()
