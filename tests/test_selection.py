@@ -2,6 +2,7 @@
 import json
 import numpy as np
 import pytest
+from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide, select_sweep
 from naive_coincide import load_run, naive_greedy, naive_kernel, naive_select
 
@@ -55,7 +56,7 @@ def test_paper_mode_equals_naive(tmp_path, case, fraction, tau):
     np.testing.assert_array_equal(idx, want)
     assert table.attrs['shortfall'] == shortfall
     exact, _ = select_coincide(run, fraction, tau=tau, progress=False)
-    assert len(exact) == int(fraction * len(emb)) and set(want) <= set(exact)
+    assert len(exact) == budget_size(len(emb), fraction) and set(want) <= set(exact)
 
 
 def test_greedy_equals_from_scratch_on_realistic_clusters():
