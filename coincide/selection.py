@@ -24,15 +24,19 @@ class _RowCache:
     def __init__(self, u:np.ndarray, # (q, d) float64 distinct rows
                  sigma:float, # kernel bandwidth
                  cache_bytes:int, # memory for cached rows
-                 device:str|None=None): # None: numpy; else the torch device that computes the rows
+                 device:str|None=None, # None: numpy; else the torch device that computes the rows
+                 kernel:np.ndarray|None=None): # (q, q) the whole kernel if already computed (all rows cached, none computed)
         self.u, self.sigma = on_device(u, device), sigma           # (q, d) float64, numpy or torch
         self.sq = sq_norms(self.u)
         q = len(u)
+        self.computed = 0
+        if kernel is not None:
+            self.cap, self.rows, self.slot, self.free = q, kernel, np.arange(q), []
+            return
         self.cap = int(max(1, min(q, cache_bytes // (8 * max(q, 1)))))
         self.rows = np.empty((self.cap, q))                       # (cap, q) float64
         self.slot = np.full(q, -1, np.int64)
         self.free = list(range(self.cap))[::-1]
-        self.computed = 0
 
     def fill(self, ids:np.ndarray, f:np.ndarray):
         "Compute and store the rows of `ids` (the first one is needed now), evicting the least promising cached rows."
@@ -72,13 +76,14 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
                     batch:int=64, # kernel rows computed per BLAS product
                     device:str|None=None, # None: numpy; else the torch device that computes the kernel rows
                     stats:dict|None=None, # if given, 'rows' is set to the number of kernel rows computed
+                    kernel:np.ndarray|None=None, # (q, q) float64 the whole kernel of `u` if the density pass kept it
                    ) -> np.ndarray: # (m,) int64 member positions in pick order
     "Greedy MMD with running sums over distinct rows; the picks equal the from-scratch greedy's."
     q, n = len(u), int(np.sum(counts))
     members = np.argsort(inv, kind='stable')                      # (n,) members grouped by distinct row, ascending
     ptr = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     left, done = np.asarray(counts, np.int64).copy(), np.zeros(q, bool)
-    cache = _RowCache(u, sigma, cache_bytes, device)
+    cache = _RowCache(u, sigma, cache_bytes, device, kernel)
     b, f, tmp = np.zeros(q), np.empty(q), np.empty(q)
     A = R = 0.0
     picks = np.empty(m, np.int64)
@@ -159,7 +164,8 @@ def allocate_paper(score:np.ndarray, # (k,) S / D per non-empty cluster
     return {'P': P, 'visit': visit, 'allocated': allocated, 'taken': taken, 'shortfall': remaining}
 
 # %% ../nbs/07_selection.ipynb #2a8d497b
-def top_up(P:np.ndarray, visit:np.ndarray, # from `allocate_paper`
+def top_up(P:np.ndarray, # (k,) allocation probabilities, from `allocate_paper`
+           visit:np.ndarray, # (k,) visiting order (descending P), from `allocate_paper`
            sizes:np.ndarray, # (k,) members per cluster
            taken:np.ndarray, # (k,) members taken by paper mode
            budget:int, # B
@@ -228,7 +234,13 @@ def open_run(run_dir:str|Path, # the run folder
             'centroids': np.asarray(cen), 'assignments': np.asarray(a)}
 
 # %% ../nbs/07_selection.ipynb #d6f59b0b
-def cluster_table(ids, sizes, S, D, al:dict, count) -> 'pd.DataFrame':
+def cluster_table(ids:np.ndarray, # (k,) non-empty cluster ids
+                  sizes:np.ndarray, # (k,) members per cluster
+                  S:np.ndarray, # (k,) transferability
+                  D:np.ndarray, # (k,) density
+                  al:dict, # from `allocate_budget`: P and allocated
+                  count:np.ndarray, # (k,) members kept per cluster in this mode
+                 ) -> 'pd.DataFrame': # one row per non-empty cluster
     "The per-cluster table: cluster, size, S, D, P, allocated (offered by the reference), taken (kept in this mode)."
     import pandas as pd
     return pd.DataFrame({'cluster': ids, 'size': sizes, 'S': S, 'D': D, 'P': al['P'], 'allocated': al['allocated'], 'taken': count})
@@ -266,11 +278,12 @@ def density_pass(path:Path, # the embeddings .npy
                  cache_bytes:int, # memory for greedy kernel rows
                  device:str|None, # None: numpy; else a torch device
                 ) -> tuple: # (D, r (n,) kernel row sums, picks (guess,) record indices or None, seconds per part)
-    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows."
+    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (and one kernel if it is small)."
     import time
     t0 = time.perf_counter(); x = _reader(path)(rows)
-    t1 = time.perf_counter(); D, r = density_sums(x, sigma, device=device)
-    t2 = time.perf_counter(); picks = rows[greedy_mmd(x, guess, sigma, r, cache_bytes, device=device)] if guess > 0 else None
+    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True)
+    t2 = time.perf_counter()
+    picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, cache_bytes, device=device, kernel=p['kernel'])] if guess > 0 else None
     return D, r, picks, {'read': t1 - t0, 'kernel sums': t2 - t1, 'greedy': time.perf_counter() - t2}
 
 def greedy_pass(path:Path, # the embeddings .npy
@@ -300,13 +313,13 @@ def map_clusters(fn, # `density_pass` or `greedy_pass`
     "Run `fn` on every task, here or in `workers` processes (largest clusters first), results in task order."
     if workers <= 1 or len(tasks) <= 1:
         return [fn(*t) for t in tqdm(tasks, desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp, coincide.selection as pkg
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    fn = getattr(pkg, fn.__name__)                                 # the package's function: one defined in a notebook cannot be sent
     threads = max(1, (os.cpu_count() or 1) // workers)
     out = [None] * len(tasks)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_limit_threads, initargs=(threads,)) as ex:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=pkg._limit_threads, initargs=(threads,)) as ex:
         futs = {ex.submit(fn, *tasks[i]): i for i in sorted(range(len(tasks)), key=lambda i: -len(tasks[i][1]))}
-        from concurrent.futures import as_completed
         for f in tqdm(as_completed(futs), total=len(futs), desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress):
             out[futs[f]] = f.result()
     return out
@@ -421,7 +434,8 @@ def save_selection(out_dir:str|Path, # the output folder
     return out
 
 # %% ../nbs/07_selection.ipynb #2a4e9915
-def select_args(p):
+def select_args(p, # the argparse (sub)parser to fill
+               ):
     "Arguments of `coincide select`."
     p.add_argument('run', help='run folder with embeddings.npy, layout.json, centroids.npy, assignments.npy')
     p.add_argument('--fraction', type=float, default=None, help='budget as a fraction of the records, in (0, 1] (paper: 0.2)')
@@ -446,7 +460,8 @@ def _out_dirs(args) -> dict:
     base = Path(args.out or run/f'select-{args.mode}-sweep')
     return {fr: base/f'fraction-{fr:g}' for fr in args.fractions}
 
-def select_main(args) -> int:
+def select_main(args, # parsed arguments from `select_args`
+               ) -> int: # exit status
     "Run `coincide select`: select, then write indices, table, manifest (and the subset with --data)."
     started = now_iso()
     if (args.fraction is None) == (args.fractions is None): raise CoincideError("give either --fraction F or --fractions F1 F2 ...")

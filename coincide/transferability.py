@@ -6,14 +6,14 @@
 __all__ = ['check_layout', 'load_layout', 'block_columns', 'is_tensor', 'on_device', 'to_numpy', 'transferability', 'unique_rows',
            'sq_norms', 'gaussian_kernel', 'weighted_row_sums', 'density_sums', 'density', 'cluster_index',
            'nonfinite_rows', 'ClusterRows', 'cluster_densities', 'plot_transfer_density', 'plot_share_distribution',
-           'synthetic_clusters']
+           'synthetic_run']
 
 # %% ../nbs/06_transferability.ipynb #7152e7c7
 import json, math
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .core import CoincideError, load_npy
+from .core import CoincideError, l2_normalize, load_npy
 
 # %% ../nbs/06_transferability.ipynb #41a5ade7
 def check_layout(layout:dict, # the parsed layout.json: {"blocks": [{"layer", "modality", "start", "stop"}, ...]}
@@ -60,7 +60,8 @@ def block_columns(blocks:list, # checked layout blocks
     return np.concatenate(cols) if cols else np.zeros(0, np.int64)
 
 # %% ../nbs/06_transferability.ipynb #db7ae029
-def is_tensor(x) -> bool:
+def is_tensor(x, # a numpy array or a torch tensor
+             ) -> bool:
     "Whether `x` is a torch tensor (the `device` path) rather than a numpy array."
     return type(x).__module__.startswith('torch')
 
@@ -68,27 +69,30 @@ def on_device(x:np.ndarray, # any array
               device:str|None=None, # None: numpy on the CPU; else a torch device ('cpu', 'cuda', 'cuda:1')
              ): # float64 numpy array, or float64 torch tensor on `device`
     "`x` in float64, as a numpy array (device None) or a torch tensor on `device`."
-    if device is None: return np.asarray(x, np.float64)
+    if device is None and not is_tensor(x): return np.asarray(x, np.float64)
     import torch
+    if is_tensor(x): return x.to(device=device or 'cpu', dtype=torch.float64)
     return torch.as_tensor(np.asarray(x, np.float64), device=device)
 
-def to_numpy(x) -> np.ndarray:
+def to_numpy(x, # a numpy array or a torch tensor on any device
+            ) -> np.ndarray:
     "A numpy copy of a torch tensor (from any device); numpy arrays pass through."
     return x.cpu().numpy() if is_tensor(x) else x
 
-def _dot_rows(a:np.ndarray, b:np.ndarray) -> np.ndarray:
-    "a @ b.T as a general product: never the symmetric one (OpenBLAS can crash on a large float64 `u @ u.T`)."
-    if is_tensor(a) or a.shape != b.shape or not np.shares_memory(a, b): return a @ b.T
-    out, h = np.empty((len(a), len(b))), len(b) // 2
-    np.matmul(a, b[:h].T, out=out[:, :h]); np.matmul(a, b[h:].T, out=out[:, h:])   # two general products
+def _dot_rows(a:np.ndarray, # (p, d) rows, numpy or torch
+              b:np.ndarray, # (q, d) rows, the same kind
+              tile:int=4096, # the largest symmetric product done at once; larger ones go by tiles of this many rows
+             ) -> np.ndarray: # (p, q) a @ b.T
+    "a @ b.T, never as one large symmetric product (numpy's OpenBLAS 0.3.31 crashed on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads)."
+    if is_tensor(a) or a.shape != b.shape or not np.shares_memory(a, b) or len(a) <= tile: return a @ b.T
+    q = len(a)
+    out = np.empty((q, q), np.result_type(a, b))
+    for i0 in range(0, q, tile):
+        for j0 in range(i0, q, tile):
+            blk = a[i0:i0 + tile] @ (b[j0:j0 + tile].copy() if j0 == i0 else b[j0:j0 + tile]).T   # a general product
+            out[i0:i0 + tile, j0:j0 + tile] = blk
+            if j0 > i0: out[j0:j0 + tile, i0:i0 + tile] = blk.T
     return out
-
-# %% ../nbs/06_transferability.ipynb #2233f93f
-def _unit_rows(x:np.ndarray) -> np.ndarray:
-    "Rows of `x` in float64 scaled to unit norm; zero rows stay zero."
-    x = np.asarray(x, np.float64)                                  # (K, c)
-    norms = np.sqrt(np.einsum('ij,ij->i', x, x))[:, None]          # (K, 1)
-    return x / np.where(norms > 0, norms, 1.0)
 
 # %% ../nbs/06_transferability.ipynb #057c9d55
 def transferability(centroids:np.ndarray, # (K, D) float32 centroids
@@ -107,7 +111,7 @@ def transferability(centroids:np.ndarray, # (K, D) float32 centroids
     if columns not in ('text', 'all'): raise CoincideError(f"transferability: unknown columns {columns!r}; use text or all")
     cols = block_columns(blocks, 'text' if columns == 'text' else None) if blocks is not None else np.arange(centroids.shape[1])
     if len(cols) == 0: raise CoincideError("layout.json has no text blocks, so paper-mode transferability is undefined; use --transfer-columns all")
-    c = _unit_rows(np.asarray(centroids)[:, cols])                # (K, c)
+    c = l2_normalize(np.asarray(centroids, np.float64)[:, cols])  # (K, c) float64 unit rows
     cd = on_device(c, device)
     if reduce == 'paper': return _paper_transferability(cd, threshold, chunk)
     S = np.zeros(K)
@@ -196,7 +200,8 @@ def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a 
                       w:np.ndarray, # (q,) multiplicity of each row
                       sigma:float=1.0, # kernel bandwidth
                       block_entries:int=1<<22, # kernel entries per block (32 MB in float64)
-                     ) -> np.ndarray: # (q,) float64 r_a = sum_b w_b k(u_a, u_b), the same kind as `u`
+                      keep:bool=False, # also return the q x q kernel when it is computed as one block (else None)
+                     ) -> np.ndarray: # (q,) float64 r_a = sum_b w_b k(u_a, u_b), the same kind as `u`; with keep, (r, kernel)
     "Kernel row sums of distinct rows with multiplicities, one symmetric pass in blocks, never q x q."
     q = len(u)
     if is_tensor(u):
@@ -211,21 +216,24 @@ def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a 
         Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0                           # k(x, x) = 1 exactly
         r[i0:i1] += Kb @ w[i0:]                                              # rows: this block and all later columns
         r[i1:] += w[i0:i1] @ Kb[:, i1 - i0:]                                 # columns of the later blocks (symmetry)
-    return r
+    return (r, Kb if step >= q else None) if keep else r
 
 # %% ../nbs/06_transferability.ipynb #e30581d3
 def density_sums(x:np.ndarray, # (n, d) one cluster's rows (float16/32/64)
                  sigma:float=1.0, # kernel bandwidth
                  block_entries:int=1<<22, # kernel entries per block
                  device:str|None=None, # None: numpy; else the torch device that computes the kernel
-                ) -> tuple: # (D float, r (n,) float64 kernel row sums of every member)
+                 keep:bool=False, # also return the distinct rows and their kernel, for a greedy MMD that follows
+                ) -> tuple: # (D float, r (n,) float64 kernel row sums of every member[, parts dict with keep])
     "Density D = mean of k over all n^2 member pairs, and each member's kernel row sum r."
     if len(x) == 0: raise CoincideError("density of an empty cluster is undefined (empty clusters are dropped before this)")
     first, inv, cnt = unique_rows(x)
     u = on_device(x[first], device)                                # (q, d)
-    r_u = to_numpy(weighted_row_sums(u, cnt, sigma, block_entries))   # (q,)
-    n = len(x)
-    return float(cnt @ r_u) / (n * n), r_u[inv]
+    r_u, K = weighted_row_sums(u, cnt, sigma, block_entries, keep=True)   # (q,), (q, q) or None
+    r_u, n = to_numpy(r_u), len(x)
+    D = float(cnt @ r_u) / (n * n)
+    if not keep: return D, r_u[inv]
+    return D, r_u[inv], {'first': first, 'inv': inv, 'counts': cnt, 'u': u, 'r_u': r_u, 'kernel': None if K is None else to_numpy(K)}
 
 def density(x:np.ndarray, # (n, d) one cluster's rows
             sigma:float=1.0, # kernel bandwidth
@@ -309,7 +317,8 @@ def cluster_densities(read:ClusterRows, # gathers rows from the embeddings
 def plot_transfer_density(S:np.ndarray, # (k,) transferability
                           D:np.ndarray, # (k,) density
                           sizes:np.ndarray|None=None, # (k,) cluster sizes, for point areas
-                          ax=None):
+                          ax=None, # matplotlib axes to draw on (default: a new figure)
+                         ):
     "Scatter plot of transferability S against density D, one point per cluster."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(5, 4))[1]
@@ -321,7 +330,8 @@ def plot_transfer_density(S:np.ndarray, # (k,) transferability
 
 # %% ../nbs/06_transferability.ipynb #b7c81cc8
 def plot_share_distribution(P:np.ndarray, # (k,) allocation probabilities
-                            ax=None):
+                            ax=None, # matplotlib axes to draw on (default: a new figure)
+                         ):
     "Histogram of the allocation probabilities P on a log scale."
     import matplotlib.pyplot as plt, seaborn as sns
     ax = ax or plt.subplots(figsize=(5, 3))[1]
@@ -330,22 +340,53 @@ def plot_share_distribution(P:np.ndarray, # (k,) allocation probabilities
     return ax
 
 # %% ../nbs/06_transferability.ipynb #25359017
-def synthetic_clusters(n_clusters:int=12, # planted clusters
-                       n:int=600, # records
-                       d:int=32, # columns; the layout is one layer [vision | text]
-                       seed:int=0, # random seed
-                       zipf:float=1.0, # cluster sizes follow rank^-zipf (at least 1 each)
-                      ) -> tuple: # (x (n, d) float32 unit rows, assignments (n,) int64, centroids (k, d) float32, layout dict)
-    "Planted clustered unit vectors with Zipf-skewed sizes, their cluster ids, spherical centroids and layout."
-    rng = np.random.default_rng(seed)
-    w = np.arange(1, n_clusters + 1) ** -float(zipf)
-    sizes = 1 + np.floor(w / w.sum() * (n - n_clusters)).astype(int); sizes[0] += n - sizes.sum()
-    common = rng.normal(size=d)
-    centers = _unit_rows(0.8 * common / np.sqrt(d) + rng.normal(size=(n_clusters, d)) / np.sqrt(d))
-    spread = rng.uniform(0.2, 1.2, n_clusters)
-    a = rng.permutation(np.repeat(np.arange(n_clusters), sizes))
-    x = _unit_rows(centers[a] + spread[a, None] * rng.normal(size=(n, d)) / np.sqrt(d)).astype(np.float32)
-    cen = np.stack([x[a == k].mean(0) for k in range(n_clusters)])
-    layout = {'blocks': [{'layer': 0, 'modality': 'vision', 'start': 0, 'stop': d // 2},
-                         {'layer': 0, 'modality': 'text', 'start': d // 2, 'stop': d}]}
-    return x, a.astype(np.int64), _unit_rows(cen).astype(np.float32), layout
+def _unit(x:np.ndarray) -> np.ndarray:
+    "Rows of `x` scaled to unit norm (no zero rows here)."
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+def synthetic_run(folder:str|Path, # the run folder to write (created)
+                  n:int=300, # records N
+                  k:int=12, # planted clusters
+                  d:int=16, # columns D; layout: two layers, each [vision | text] (D divisible by 4)
+                  seed:int=0, # random seed
+                  zipf:float=1.0, # cluster sizes follow rank^-zipf (at least 1 each)
+                  lloyd:int|None=3, # spherical k-means steps from the planted centres; None: planted labels and centres
+                  empty:int=0, # extra centroids that attract no record (empty clusters)
+                  dup:int=0, # rows overwritten by copies of other rows (exact duplicates)
+                  dtype=np.float16, # embeddings dtype
+                  common:float=0.8, # weight of the direction all centres share
+                  spread:tuple=(0.2, 1.5), # range of the clusters' noise scales (larger: less dense)
+                  chunk:int=8192, # rows generated at a time
+                 ) -> Path: # the run folder
+    "Write a synthetic run folder (embeddings.npy, layout.json, centroids.npy, assignments.npy) with planted clusters."
+    rng, path = np.random.default_rng(seed), Path(folder)
+    w = np.arange(1, k + 1) ** -float(zipf)
+    sizes = 1 + np.floor(w / w.sum() * (n - k)).astype(int); sizes[0] += n - sizes.sum()
+    centres = _unit(common * rng.normal(size=d) / np.sqrt(d) + rng.normal(size=(k, d)) / np.sqrt(d))   # (k, d)
+    scale = rng.uniform(*spread, k)
+    lab = rng.permutation(np.repeat(np.arange(k), sizes))         # (n,) planted cluster of each record
+    path.mkdir(parents=True, exist_ok=True)
+    x = np.lib.format.open_memmap(path/'embeddings.npy', mode='w+', dtype=dtype, shape=(n, d))
+    for i0 in range(0, n, chunk):
+        a = lab[i0:i0 + chunk]
+        x[i0:i0 + chunk] = _unit(centres[a] + scale[a, None] * rng.normal(size=(len(a), d)) / np.sqrt(d))
+    if dup: x[rng.choice(n, dup, replace=False)] = x[rng.choice(n, dup, replace=False)]
+    x.flush(); del x
+    a, c = lab, centres
+    if lloyd is not None:
+        x = np.load(path/'embeddings.npy').astype(np.float64)     # (n, d)
+        for _ in range(lloyd):                                     # spherical k-means
+            a = np.argmax(x @ c.T, 1)
+            c = np.stack([_unit(x[a == j].sum(0)) if (a == j).any() else c[j] for j in range(k)])
+        a = np.argmax(x @ c.T, 1)
+        mean = x.mean(0)
+    else: mean = np.sum(sizes[:, None] * centres, 0) / n
+    if empty: c = np.concatenate([c, -_unit(rng.normal(size=(empty, d)) + 5 * mean)])
+    np.save(path/'assignments.npy', a.astype(np.int64)); np.save(path/'centroids.npy', c.astype(np.float32))
+    h = d // 2
+    layout = {'blocks': [{'layer': 0, 'modality': 'vision', 'start': 0, 'stop': h // 2},
+                         {'layer': 0, 'modality': 'text', 'start': h // 2, 'stop': h},
+                         {'layer': 1, 'modality': 'vision', 'start': h, 'stop': h + h // 2},
+                         {'layer': 1, 'modality': 'text', 'start': h + h // 2, 'stop': d}]}
+    (path/'layout.json').write_text(json.dumps(layout))
+    return path

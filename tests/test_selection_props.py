@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from coincide.core import CoincideError, budget_size
 from coincide.selection import allocate_budget, greedy_mmd, save_selection, select_coincide
 from naive_coincide import naive_greedy, naive_kernel
-from test_selection import make_run
+from coincide.transferability import synthetic_run
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -57,7 +57,7 @@ def test_exact_mode_properties_and_bytes(seed, n, k, zipf, fraction, tau, dup):
     k = min(k, n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = make_run(tmp/'run', n=n, k=k, d=8, seed=seed, zipf=zipf, lloyd=1, dup=min(dup, n // 2))
+        run = synthetic_run(tmp/'run', n=n, k=k, d=8, seed=seed, zipf=zipf, lloyd=1, dup=min(dup, n // 2))
         if int(fraction * n) < 1:                                  # a budget of none is refused (paper mode keeps int(fraction n))
             with pytest.raises(CoincideError, match='keeps none'): select_coincide(run, fraction, tau=tau, mode='paper', progress=False)
             return

@@ -6,9 +6,8 @@ import pytest
 import reference_greedy
 from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide
-from coincide.transferability import density_sums
+from coincide.transferability import density_sums, synthetic_run
 from naive_coincide import load_run, naive_select
-from test_selection import make_run
 
 try:
     import torch
@@ -59,7 +58,7 @@ def test_torch_cpu_picks_equal_numpy():
 @pytest.mark.parametrize('case', [dict(seed=0), dict(seed=3, n=300, k=15, dup=40, dtype=np.float32), dict(seed=2, n=250, k=8, d=12, empty=3)])
 def test_torch_cpu_selection_equals_numpy(tmp_path, case):
     pytest.importorskip('torch')
-    run = make_run(tmp_path/'run', **case)
+    run = synthetic_run(tmp_path/'run', **case)
     for mode in ('exact', 'paper'):
         a, ta = select_coincide(run, 0.3, mode=mode, progress=False)
         b, tb = select_coincide(run, 0.3, mode=mode, progress=False, device='cpu')
@@ -69,7 +68,7 @@ def test_torch_cpu_selection_equals_numpy(tmp_path, case):
 
 @cuda
 def test_gpu_selection_equals_cpu(tmp_path):
-    run = make_run(tmp_path/'run', n=2000, k=20, d=64, seed=5)
+    run = synthetic_run(tmp_path/'run', n=2000, k=20, d=64, seed=5)
     for mode in ('exact', 'paper'):
         np.testing.assert_array_equal(select_coincide(run, 0.2, mode=mode, progress=False, device='cuda')[0],
                                       select_coincide(run, 0.2, mode=mode, progress=False)[0])
@@ -78,7 +77,7 @@ def test_gpu_selection_equals_cpu(tmp_path):
 
 
 def test_workers_give_the_same_bytes(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=600, k=12, dup=20, seed=6)
+    run = synthetic_run(tmp_path/'run', n=600, k=12, dup=20, seed=6)
     for w in (1, 2):
         res = cli('select', run, '--fractions', '0.1', '0.3', '--workers', w, '--out', tmp_path/f'w{w}')
         assert res.returncode == 0, res.stderr
@@ -88,7 +87,7 @@ def test_workers_give_the_same_bytes(tmp_path, cli):
 
 
 def test_budget_029_of_100(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=100, k=5, seed=1)
+    run = synthetic_run(tmp_path/'run', n=100, k=5, seed=1)
     assert cli('select', run, '--fraction', '0.29', '--mode', 'exact', '--out', tmp_path/'e').returncode == 0
     assert len(np.load(tmp_path/'e'/'indices.npy')) == 29 == budget_size(100, 0.29)
     res = cli('select', run, '--fraction', '0.29', '--mode', 'paper', '--out', tmp_path/'p')
@@ -101,12 +100,12 @@ def test_budget_029_of_100(tmp_path, cli):
     assert man['counts']['shortfall'] == shortfall
 
 
-def test_no_symmetric_product_crash():
-    # the same array on both sides of a float64 product goes through two general products (OpenBLAS's symmetric
-    # product of a 20,000 x 2,048 float64 matrix crashed with 2 threads)
-    code = ("import numpy as np; from coincide.transferability import gaussian_kernel, density_sums; "
-            "u = np.random.default_rng(0).normal(size=(1500, 512)); K = gaussian_kernel(u, u); "
-            "assert np.allclose(K, gaussian_kernel(u, u.copy()), rtol=1e-13); density_sums(u.astype(np.float16)); print('ok')")
+def test_no_large_symmetric_product():
+    # numpy's OpenBLAS crashed (segfault) on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads: symmetric products
+    # above the tile size go by tiles of general products (checked here on a small tile)
+    code = ("import numpy as np; from coincide.transferability import _dot_rows; "
+            "u = np.random.default_rng(0).normal(size=(1500, 512)); "
+            "assert np.allclose(_dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
     assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
 
@@ -116,7 +115,8 @@ def test_big_cluster_two_threads():
     "Density and greedy MMD on one 20,000-member cluster at D = 2,048 with two BLAS threads: no crash, same picks for a prefix."
     code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
             "from coincide.transferability import density_sums; from coincide.selection import greedy_mmd; "
-            "x = cluster(20000, 2048, 0); D, r = density_sums(x); p = greedy_mmd(x, 1000, r=r); "
+            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.transferability import _dot_rows; _dot_rows(u, u); "
+            "D, r = density_sums(x); p = greedy_mmd(x, 1000, r=r); "
             "import reference_greedy; q = reference_greedy.greedy_mmd(x, 300, r=r); "
             "assert (p[:300] == q).all(); print('ok', D)")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=3000,
