@@ -3,8 +3,8 @@
 `python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference]` builds one cluster of `n` unit
 vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
 product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
-sums included, and with `--reference` the greedy as it was before the cache change (tests/reference_greedy.py),
-checking that both make the same picks. Results go to bench/results/greedy.json.
+sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
+(tests/reference_greedy.py), checking that both make the same picks. Results go to bench/results/greedy.json.
 """
 import argparse, json, os, sys, time
 from pathlib import Path
@@ -28,6 +28,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n', type=int, default=20_000); p.add_argument('--d', type=int, default=2048)
     p.add_argument('--m', type=int, default=4000); p.add_argument('--reference', action='store_true')
+    p.add_argument('--device', default=None, help='torch device for the kernels (cuda, cpu); default numpy')
+    p.add_argument('--cache-mb', type=int, default=1024, help='memory for cached kernel rows (MiB)')
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'greedy.json'))
     args = p.parse_args()
     from coincide.selection import greedy_mmd
@@ -36,9 +38,9 @@ def main():
     load0 = os.getloadavg()[0]
     _, t_floor = timed(lambda: x32 @ x32.T.copy())
     stats = {}
-    picks, t_new = timed(greedy_mmd, x, args.m, stats=stats)
+    picks, t_new = timed(greedy_mmd, x, args.m, stats=stats, device=args.device, cache_bytes=args.cache_mb << 20)
     res = {'command': ' '.join(['python', 'bench/bench_greedy.py'] + sys.argv[1:]), 'n': args.n, 'd': args.d, 'm': args.m,
-           'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor, 'kernel_rows_computed': stats.get('rows'),
+           'device': args.device, 'cache_mb': args.cache_mb, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor, 'kernel_rows_computed': stats.get('rows'),
            'blas_threads': os.environ.get('OPENBLAS_NUM_THREADS', 'default'), 'load_before': load0}
     if args.reference:
         sys.path.insert(0, str(ROOT/'tests'))

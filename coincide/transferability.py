@@ -196,6 +196,10 @@ def gaussian_kernel(a:np.ndarray, # (p, d) float64 rows (numpy, or a torch tenso
     return np.exp(d2, out=d2)
 
 # %% ../nbs/06_transferability.ipynb #ac91b4b2
+def _sum_product(spec:str, a:np.ndarray, b:np.ndarray) -> np.ndarray:
+    "A weighted sum in numpy's own loops (`np.einsum`), not BLAS: its rounding does not depend on the number of BLAS threads."
+    return (a @ b) if is_tensor(a) else np.einsum(spec, a, b)
+
 def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a torch tensor)
                       w:np.ndarray, # (q,) multiplicity of each row
                       sigma:float=1.0, # kernel bandwidth
@@ -214,8 +218,8 @@ def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a 
         i1 = min(q, i0 + step)
         Kb = gaussian_kernel(u[i0:i1], u[i0:], sigma, sq[i0:i1], sq[i0:])   # (b, q - i0)
         Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0                           # k(x, x) = 1 exactly
-        r[i0:i1] += Kb @ w[i0:]                                              # rows: this block and all later columns
-        r[i1:] += w[i0:i1] @ Kb[:, i1 - i0:]                                 # columns of the later blocks (symmetry)
+        r[i0:i1] += _sum_product('ij,j->i', Kb, w[i0:])                      # rows: this block and all later columns
+        r[i1:] += _sum_product('i,ij->j', w[i0:i1], Kb[:, i1 - i0:])         # columns of the later blocks (symmetry)
     return (r, Kb if step >= q else None) if keep else r
 
 # %% ../nbs/06_transferability.ipynb #e30581d3
@@ -231,7 +235,7 @@ def density_sums(x:np.ndarray, # (n, d) one cluster's rows (float16/32/64)
     u = on_device(x[first], device)                                # (q, d)
     r_u, K = weighted_row_sums(u, cnt, sigma, block_entries, keep=True)   # (q,), (q, q) or None
     r_u, n = to_numpy(r_u), len(x)
-    D = float(cnt @ r_u) / (n * n)
+    D = float(np.einsum('i,i->', cnt.astype(np.float64), r_u)) / (n * n)
     if not keep: return D, r_u[inv]
     return D, r_u[inv], {'first': first, 'inv': inv, 'counts': cnt, 'u': u, 'r_u': r_u, 'kernel': None if K is None else to_numpy(K)}
 
