@@ -118,7 +118,7 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
     if sigma <= 0: raise CoincideError(f"greedy_mmd: sigma must be > 0, got {sigma}")
     if m == 0: return np.zeros(0, np.int64)
     first, inv, counts = unique_rows(x)
-    u = np.asarray(x[first], np.float64)                           # (q, d)
+    u = np.asarray(x if len(first) == n else x[first], np.float64)   # (q, d) distinct rows
     r_u = to_numpy(weighted_row_sums(on_device(u, device), counts, sigma)) if r is None else np.asarray(r, np.float64)[first]
     return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch, device, stats)
 

@@ -232,7 +232,7 @@ def density_sums(x:np.ndarray, # (n, d) one cluster's rows (float16/32/64)
     "Density D = mean of k over all n^2 member pairs, and each member's kernel row sum r."
     if len(x) == 0: raise CoincideError("density of an empty cluster is undefined (empty clusters are dropped before this)")
     first, inv, cnt = unique_rows(x)
-    u = on_device(x[first], device)                                # (q, d)
+    u = on_device(x if len(first) == len(x) else x[first], device)   # (q, d) distinct rows (no copy of x when all are)
     r_u, K = weighted_row_sums(u, cnt, sigma, block_entries, keep=True)   # (q,), (q, q) or None
     r_u, n = to_numpy(r_u), len(x)
     D = float(np.einsum('i,i->', cnt.astype(np.float64), r_u)) / (n * n)

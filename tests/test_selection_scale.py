@@ -86,6 +86,16 @@ def test_workers_give_the_same_bytes(tmp_path, cli):
             assert (tmp_path/'w1'/f'fraction-{fr}'/f).read_bytes() == (tmp_path/'w2'/f'fraction-{fr}'/f).read_bytes()
 
 
+def test_cli_device_cpu(tmp_path, cli):
+    pytest.importorskip('torch')
+    run = synthetic_run(tmp_path/'run', n=300, k=12, seed=2)
+    for dev in ([], ['--device', 'cpu']):
+        res = cli('select', run, '--fraction', '0.2', *dev, '--out', tmp_path/('torch' if dev else 'numpy'))
+        assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(np.load(tmp_path/'torch'/'indices.npy'), np.load(tmp_path/'numpy'/'indices.npy'))
+    assert json.loads((tmp_path/'torch'/'manifest.json').read_text())['params']['device'] == 'cpu'
+
+
 def test_budget_029_of_100(tmp_path, cli):
     run = synthetic_run(tmp_path/'run', n=100, k=5, seed=1)
     assert cli('select', run, '--fraction', '0.29', '--mode', 'exact', '--out', tmp_path/'e').returncode == 0
