@@ -10,8 +10,11 @@ fit in the step number; its first `--check-steps` steps are also run in full and
 Part 2 - the selection stage (everything after k-means: transferability, density, allocation,
 greedy MMD, writing indices, table and manifest with input hashes) on N=665,000 x D=2,048 float16
 embeddings read from a memory-mapped file, K=10,000 clusters with Zipf-skewed sizes. The run folder
-is generated in a temporary folder on disk, streaming, and deleted afterwards. The stage runs in a
-subprocess; its wall time and peak resident memory (getrusage ru_maxrss) are printed.
+is written by `coincide.transferability.synthetic_run` (streaming) in a temporary folder on disk and
+deleted afterwards (or `--run DIR` reuses one). The stage runs in a subprocess, once per `--workers`
+count; its wall and CPU time, peak resident memory (getrusage ru_maxrss, and the anonymous and
+file-page parts sampled from /proc), a breakdown of the time and the hashes of its outputs are
+printed, and with `--results FILE` written as JSON.
 """
 import argparse, json, os, resource, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -85,36 +88,36 @@ def bench_greedy(n=2000, m=400, d=2048, seed=0, check_steps=40, sample=(0, 100, 
 
 
 # ---------------------------------------------------------------- part 2: the selection stage at LLaVA-665K scale
-def zipf_sizes(N, K, a):
-    w = np.arange(1, K + 1) ** -a
-    s = np.maximum(1, np.floor(w / w.sum() * N)).astype(np.int64)
-    s[:N - s.sum()] += 1                                            # the rounding remainder, one each to the largest
-    return s
+def make_run(run, N=665_000, D=2048, K=10_000, a=0.68, seed=0):
+    "Write a run folder with planted clusters (the planted labels and centres are the clustering), streaming the embeddings."
+    from coincide.transferability import synthetic_run
+    synthetic_run(run, n=N, k=K, d=D, seed=seed, zipf=a, lloyd=None, common=0.6, spread=(0.6, 1.6))
+    return np.sort(np.bincount(np.load(run/'assignments.npy'), minlength=K))[::-1]
 
 
-def make_run(run, N=665_000, D=2048, K=10_000, a=0.68, seed=0, chunk=8192):
-    "Write a run folder with planted clusters, streaming the N x D float16 embeddings to disk."
-    rng = np.random.default_rng(seed)
-    run.mkdir(parents=True, exist_ok=True)
-    sizes = zipf_sizes(N, K, a)
-    lab = rng.permutation(np.repeat(np.arange(K), sizes))           # members scattered over the file
-    common = rng.normal(size=D).astype(np.float32)
-    centres = unit(0.6 * common + rng.normal(size=(K, D)).astype(np.float32)).astype(np.float32)   # (K, D)
-    spread = rng.uniform(0.6, 1.6, K).astype(np.float32)
-    emb = np.lib.format.open_memmap(run/'embeddings.npy', mode='w+', dtype=np.float16, shape=(N, D))
-    for i0 in range(0, N, chunk):
-        a_ = lab[i0:i0 + chunk]
-        noise = rng.standard_normal((len(a_), D), dtype=np.float32) / np.float32(np.sqrt(D))
-        emb[i0:i0 + chunk] = unit(centres[a_] + spread[a_, None] * noise).astype(np.float16)
-        if (i0 // chunk) % 16 == 15: emb.flush()
-    emb.flush(); del emb
-    np.save(run/'assignments.npy', lab.astype(np.int64))
-    np.save(run/'centroids.npy', centres)                           # the planted centres stand in for k-means'
-    h = D // 4
-    layout = {'blocks': [{'layer': l, 'modality': mod, 'start': (2 * l + i) * h, 'stop': (2 * l + i + 1) * h}
-                         for l in range(2) for i, mod in enumerate(('vision', 'text'))]}
-    (run/'layout.json').write_text(json.dumps(layout))
-    return sizes
+class MemorySampler:
+    "Peak RssAnon and RssFile of this process and its children, sampled every `every` seconds in a thread."
+    def __init__(self, every=0.2):
+        import threading, psutil
+        self.psutil, self.every, self.peak = psutil, every, {'anon_gb': 0.0, 'file_gb': 0.0, 'total_gb': 0.0}
+        self.stop = threading.Event(); self.thread = threading.Thread(target=self.run, daemon=True); self.thread.start()
+
+    def sample(self):
+        me = self.psutil.Process()
+        anon = file = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                for line in open(f'/proc/{p.pid}/status'):
+                    if line.startswith('RssAnon:'): anon += int(line.split()[1])
+                    if line.startswith('RssFile:'): file += int(line.split()[1])
+            except OSError: pass
+        for k, v in (('anon_gb', anon), ('file_gb', file), ('total_gb', anon + file)): self.peak[k] = max(self.peak[k], v / 2**20)
+
+    def run(self):
+        while not self.stop.wait(self.every): self.sample()
+
+    def done(self):
+        self.stop.set(); self.thread.join(); return self.peak
 
 
 def vm_hwm_gb():
@@ -124,13 +127,14 @@ def vm_hwm_gb():
     return float('nan')
 
 
-def child(run, out, fraction):
-    "The selection stage as `coincide select` runs it, with a breakdown of times."
+def child(run, out, fraction, workers=1, device=None):
+    "The selection stage as `coincide select` runs it, with a breakdown of times and peak memory (anonymous / file pages)."
     t0 = time.perf_counter()
+    mem = MemorySampler()
     from coincide.core import now_iso
     from coincide.selection import select_coincide, save_selection, RUN_FILES
     started, timings = now_iso(), {}
-    idx, table = select_coincide(run, fraction, progress=False, timings=timings)
+    idx, table = select_coincide(run, fraction, progress=False, timings=timings, workers=workers, device=device)
     t = time.perf_counter()
     save_selection(out, idx, 'select', {'fraction': fraction, 'n_records': len(np.load(Path(run)/'assignments.npy', mmap_mode='r'))},
                    {n.split('.')[0]: Path(run)/n for n in RUN_FILES}, table=table, started=started)
@@ -140,8 +144,7 @@ def child(run, out, fraction):
     print(json.dumps({'timings': timings, 'total_s': time.perf_counter() - t0, 'budget': a['budget'], 'selected': a['selected'],
                       'paper_selected': a['paper_selected'], 'largest_cluster': int(big['size']), 'largest_cluster_taken': int(big['taken']),
                       'max_taken': int(table['taken'].max()), 'greedy_clusters': int(((table['taken'] > 0) & (table['taken'] < table['size'])).sum()),
-                      'sum_taken_x_size': float((table['taken'] * table['size']).sum()),
-                      'vm_hwm_gb': vm_hwm_gb()}))
+                      'vm_hwm_gb': vm_hwm_gb(), 'peak_rss_sampled': mem.done()}))
 
 
 def spawn(args):
@@ -153,32 +156,46 @@ def spawn(args):
     return proc.returncode, out, err, ru
 
 
-def bench_stage(N, D, K, a, fraction, tmp):
+def run_stage(run, out, fraction, workers, device):
+    "The stage in a fresh process: its wall time, CPU time (with its children), peak RSS and breakdown."
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    rc, so, err, ru = spawn([sys.executable, __file__, '--child', str(run), str(out), str(fraction), str(workers), str(device)])
+    wall = time.perf_counter() - t
+    if rc: print(so, err); raise SystemExit(1)
+    info = json.loads(so.strip().splitlines()[-1])
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    info.update(wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime, maxrss_gb=ru.ru_maxrss / 2**20, workers=workers, device=device,
+                load_before=load, load_after=os.getloadavg()[0], openblas_threads=os.environ.get('OPENBLAS_NUM_THREADS', 'default'),
+                indices_sha256=__import__('hashlib').sha256((Path(out)/'indices.npy').read_bytes()).hexdigest(),
+                clusters_sha256=__import__('hashlib').sha256((Path(out)/'clusters.csv').read_bytes()).hexdigest())
+    print(f"[stage] workers {workers}, device {device}: wall {wall:.1f} s (in-process {info['total_s']:.1f} s), CPU {info['cpu_s']:.1f} s, "
+          f"load {load:.1f} -> {info['load_after']:.1f}; peak RSS {info['maxrss_gb']:.2f} GiB (sampled: anonymous "
+          f"{info['peak_rss_sampled']['anon_gb']:.2f} GiB, file pages {info['peak_rss_sampled']['file_gb']:.2f} GiB)")
+    print('[stage] breakdown: ' + ', '.join(f'{k} {v:.1f} s' for k, v in info['timings'].items()))
+    return info
+
+
+def bench_stage(N, D, K, a, fraction, tmp, workers_list, device, run=None, results=None):
     tmpdir = Path(tempfile.mkdtemp(dir=tmp, prefix='bench-select-'))
     try:
-        t = time.perf_counter()
-        # generated in its own process, so that this (small) process's memory is not inherited by the measured one
-        rc, out, err, _ = spawn([sys.executable, __file__, '--generate', str(tmpdir/'run'), str(N), str(D), str(K), str(a)])
-        if rc: print(out, err); raise SystemExit(1)
-        sizes = json.loads(out.strip().splitlines()[-1])
-        print(f"[stage] generated N={N} x D={D} float16 ({N * D * 2 / 2**30:.2f} GiB), K={K}, Zipf a={a}: "
-              f"largest clusters {sizes[:3]}, smallest {sizes[-1]}, in {time.perf_counter() - t:.0f} s")
-        t = time.perf_counter()
-        rc, out, err, ru = spawn([sys.executable, __file__, '--child', str(tmpdir/'run'), str(tmpdir/'out'), str(fraction)])
-        wall = time.perf_counter() - t
-        if rc: print(out, err); raise SystemExit(1)
-        info = json.loads(out.strip().splitlines()[-1])
-        rss, cpu = ru.ru_maxrss / 2**20, ru.ru_utime + ru.ru_stime
-        print(f"[stage] wall {wall:.1f} s (in-process {info['total_s']:.1f} s), CPU time {cpu:.1f} s "
-              f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, load average now {os.getloadavg()[0]:.1f}), "
-              f"peak RSS {rss:.2f} GiB (getrusage of the stage's process; its VmHWM {info['vm_hwm_gb']:.2f} GiB)")
-        print('[stage] breakdown: ' + ', '.join(f'{k} {v:.1f} s' for k, v in info['timings'].items()))
-        print(f"[stage] budget {info['budget']}, selected {info['selected']} (paper mode {info['paper_selected']}); largest cluster "
-              f"{info['largest_cluster']} took {info['largest_cluster_taken']}; largest take {info['max_taken']}; "
-              f"{info['greedy_clusters']} clusters ran greedy MMD")
-        print(f"[stage] targets: wall <= 120 s {'met' if wall <= 120 else 'NOT met'}, CPU time <= 120 s {'met' if cpu <= 120 else 'NOT met'}, "
-              f"peak RSS <= 4 GB {'met' if rss <= 4 else 'NOT met'}")
-        return wall, rss
+        if run is None:
+            t = time.perf_counter()
+            # generated in its own process, so that this (small) process's memory is not inherited by the measured one
+            rc, out, err, _ = spawn([sys.executable, __file__, '--generate', str(tmpdir/'run'), str(N), str(D), str(K), str(a)])
+            if rc: print(out, err); raise SystemExit(1)
+            sizes = json.loads(out.strip().splitlines()[-1])
+            print(f"[stage] generated N={N} x D={D} float16 ({N * D * 2 / 2**30:.2f} GiB), K={K}, Zipf a={a}: "
+                  f"largest clusters {sizes[:3]}, smallest {sizes[-1]}, in {time.perf_counter() - t:.0f} s")
+            run = tmpdir/'run'
+        infos = [run_stage(run, tmpdir/f'out-{w}', fraction, w, device) for w in workers_list]
+        same = len({(i['indices_sha256'], i['clusters_sha256']) for i in infos}) == 1
+        print(f"[stage] outputs byte-identical across workers {workers_list}: {same}")
+        if results:
+            res = {'command': ' '.join(['python', 'bench/bench_selection.py'] + sys.argv[1:]), 'n': N, 'd': D, 'k': K, 'zipf': a,
+                   'fraction': fraction, 'runs': infos, 'byte_identical_across_workers': same, 'cpus': os.cpu_count()}
+            Path(results).parent.mkdir(parents=True, exist_ok=True); Path(results).write_text(json.dumps(res, indent=1) + '\n')
+        return infos
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -188,13 +205,19 @@ if __name__ == '__main__':
         sizes = make_run(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
         print(json.dumps(sizes.tolist())); raise SystemExit(0)
     if len(sys.argv) > 1 and sys.argv[1] == '--child':
-        child(sys.argv[2], sys.argv[3], float(sys.argv[4])); raise SystemExit(0)
+        child(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1,
+              None if len(sys.argv) <= 6 or sys.argv[6] == 'None' else sys.argv[6]); raise SystemExit(0)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n', type=int, default=665_000); p.add_argument('--d', type=int, default=2048)
     p.add_argument('--k', type=int, default=10_000); p.add_argument('--zipf', type=float, default=0.68)
     p.add_argument('--fraction', type=float, default=0.2); p.add_argument('--tmp', default=None, help='folder for the temporary run')
+    p.add_argument('--run', default=None, help='an existing run folder to use instead of generating one')
+    p.add_argument('--workers', type=int, nargs='+', default=[1], help='run the stage once per worker count and compare the outputs')
+    p.add_argument('--device', default=None, help='torch device for the kernels (default: numpy)')
+    p.add_argument('--results', default=None, help='write the stage results as JSON here (e.g. bench/results/selection_stage.json)')
     p.add_argument('--skip-greedy', action='store_true'); p.add_argument('--skip-stage', action='store_true')
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if not args.skip_greedy: bench_greedy()
-    if not args.skip_stage: bench_stage(args.n, args.d, args.k, args.zipf, args.fraction, args.tmp)
+    if not args.skip_stage: bench_stage(args.n, args.d, args.k, args.zipf, args.fraction, args.tmp, args.workers, args.device,
+                                        args.run, args.results)

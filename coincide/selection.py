@@ -4,30 +4,39 @@
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'greedy_distinct', 'greedy_mmd', 'softmax_weights', 'allocate_paper', 'top_up', 'allocate_budget',
-           'check_params', 'open_run', 'cluster_table', 'early_guess', 'select_sweep', 'select_coincide',
-           'save_selection', 'select_args', 'select_main', 'plot_budget', 'plot_composition']
+           'check_selection_params', 'open_run', 'cluster_table', 'early_guess', 'density_pass', 'greedy_pass',
+           'map_clusters', 'select_sweep', 'select_coincide', 'save_selection', 'select_args', 'select_main',
+           'plot_budget', 'plot_subset_sources']
 
 # %% ../nbs/07_selection.ipynb #2f0c02ec
-import csv, io, math
+import csv, io, math, os, sys
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .core import CoincideError, atomic_write, load_npy, now_iso, save_npy, write_manifest
+from .core import CoincideError, atomic_write, budget_size, load_npy, now_iso, save_npy, write_manifest
 from .data import check_indices, load_records, write_subset
-from .transferability import (ClusterRows, cluster_densities, cluster_index, gaussian_kernel, load_layout,
-                                      sq_norms, transferability, unique_rows, weighted_row_sums)
+from .transferability import (ClusterRows, cluster_index, density_sums, gaussian_kernel, load_layout, on_device,
+                                      sq_norms, to_numpy, transferability, unique_rows, weighted_row_sums)
 
 # %% ../nbs/07_selection.ipynb #f78c4135
 class _RowCache:
     "Kernel rows k(u_a, .) of distinct rows a, computed in batches and kept within a memory bound."
-    def __init__(self, u:np.ndarray, sigma:float, cache_bytes:int):
-        self.u, self.sigma, self.sq = u, sigma, sq_norms(u)        # u: (q, d) float64
+    def __init__(self, u:np.ndarray, # (q, d) float64 distinct rows
+                 sigma:float, # kernel bandwidth
+                 cache_bytes:int, # memory for cached rows
+                 device:str|None=None, # None: numpy; else the torch device that computes the rows
+                 kernel:np.ndarray|None=None): # (q, q) the whole kernel if already computed (all rows cached, none computed)
+        self.u, self.sigma = on_device(u, device), sigma           # (q, d) float64, numpy or torch
+        self.sq = sq_norms(self.u)
         q = len(u)
+        self.computed = 0
+        if kernel is not None:
+            self.cap, self.rows, self.slot, self.free = q, kernel, np.arange(q), []
+            return
         self.cap = int(max(1, min(q, cache_bytes // (8 * max(q, 1)))))
         self.rows = np.empty((self.cap, q))                       # (cap, q) float64
         self.slot = np.full(q, -1, np.int64)
         self.free = list(range(self.cap))[::-1]
-        self.computed = 0
 
     def fill(self, ids:np.ndarray, f:np.ndarray):
         "Compute and store the rows of `ids` (the first one is needed now), evicting the least promising cached rows."
@@ -36,7 +45,7 @@ class _RowCache:
         if need > 0:
             cached = np.flatnonzero(self.slot >= 0)
             for e in cached[np.argsort(-f[cached], kind='stable')[:need]]: self.drop(e)
-        K = gaussian_kernel(self.u[ids], self.u, self.sigma, self.sq[ids], self.sq)   # (b, q)
+        K = to_numpy(gaussian_kernel(self.u[ids], self.u, self.sigma, self.sq[ids], self.sq))   # (b, q)
         K[np.arange(len(ids)), ids] = 1.0                          # k(x, x) = 1 exactly
         for i, a in enumerate(ids):
             s = self.free.pop(); self.slot[a] = s; self.rows[s] = K[i]
@@ -63,15 +72,18 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
                     r_u:np.ndarray, # (q,) kernel row sum of each distinct row over all n members
                     m:int, # how many members to pick, 0 <= m <= n
                     sigma:float=1.0, # kernel bandwidth
-                    cache_bytes:int=256<<20, # memory for cached kernel rows
+                    cache_bytes:int=1<<30, # memory for cached kernel rows (at most q x q x 8 bytes are used)
                     batch:int=64, # kernel rows computed per BLAS product
+                    device:str|None=None, # None: numpy; else the torch device that computes the kernel rows
+                    stats:dict|None=None, # if given, 'rows' is set to the number of kernel rows computed
+                    kernel:np.ndarray|None=None, # (q, q) float64 the whole kernel of `u` if the density pass kept it
                    ) -> np.ndarray: # (m,) int64 member positions in pick order
     "Greedy MMD with running sums over distinct rows; the picks equal the from-scratch greedy's."
     q, n = len(u), int(np.sum(counts))
     members = np.argsort(inv, kind='stable')                      # (n,) members grouped by distinct row, ascending
     ptr = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     left, done = np.asarray(counts, np.int64).copy(), np.zeros(q, bool)
-    cache = _RowCache(u, sigma, cache_bytes)
+    cache = _RowCache(u, sigma, cache_bytes, device, kernel)
     b, f, tmp = np.zeros(q), np.empty(q), np.empty(q)
     A = R = 0.0
     picks = np.empty(m, np.int64)
@@ -87,6 +99,7 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
         A += 2.0 * b[a] + 1.0; R += r_u[a]
         b += cache.rows[cache.slot[a]]
         if left[a] == 0: done[a] = True; cache.drop(a)
+    if stats is not None: stats['rows'] = cache.computed
     return picks
 
 # %% ../nbs/07_selection.ipynb #811af5de
@@ -94,8 +107,10 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
                m:int, # how many to pick, 0 <= m <= n
                sigma:float=1.0, # Gaussian kernel bandwidth
                r:np.ndarray|None=None, # (n,) kernel row sums if already known (from the density pass)
-               cache_bytes:int=256<<20, # memory for cached kernel rows
+               cache_bytes:int=1<<30, # memory for cached kernel rows (at most n x n x 8 bytes are used)
                batch:int=64, # kernel rows per BLAS product
+               device:str|None=None, # None: numpy; else the torch device ('cpu', 'cuda') that computes the kernel
+               stats:dict|None=None, # if given, 'rows' is set to the number of kernel rows computed
               ) -> np.ndarray: # (m,) int64 member positions in pick order
     "Greedy MMD prototypes of one cluster: the member positions in pick order."
     n = len(x)
@@ -103,9 +118,9 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
     if sigma <= 0: raise CoincideError(f"greedy_mmd: sigma must be > 0, got {sigma}")
     if m == 0: return np.zeros(0, np.int64)
     first, inv, counts = unique_rows(x)
-    u = np.asarray(x[first], np.float64)                           # (q, d)
-    r_u = weighted_row_sums(u, counts, sigma) if r is None else np.asarray(r, np.float64)[first]
-    return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch)
+    u = np.asarray(x if len(first) == n else x[first], np.float64)   # (q, d) distinct rows
+    r_u = to_numpy(weighted_row_sums(on_device(u, device), counts, sigma)) if r is None else np.asarray(r, np.float64)[first]
+    return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch, device, stats)
 
 # %% ../nbs/07_selection.ipynb #e04aa350
 def softmax_weights(score:np.ndarray, # (k,) S / D
@@ -149,7 +164,8 @@ def allocate_paper(score:np.ndarray, # (k,) S / D per non-empty cluster
     return {'P': P, 'visit': visit, 'allocated': allocated, 'taken': taken, 'shortfall': remaining}
 
 # %% ../nbs/07_selection.ipynb #2a8d497b
-def top_up(P:np.ndarray, visit:np.ndarray, # from `allocate_paper`
+def top_up(P:np.ndarray, # (k,) allocation probabilities, from `allocate_paper`
+           visit:np.ndarray, # (k,) visiting order (descending P), from `allocate_paper`
            sizes:np.ndarray, # (k,) members per cluster
            taken:np.ndarray, # (k,) members taken by paper mode
            budget:int, # B
@@ -185,7 +201,10 @@ def allocate_budget(score:np.ndarray, # (k,) S / D per non-empty cluster
 # %% ../nbs/07_selection.ipynb #8e25af93
 RUN_FILES = ('embeddings.npy', 'layout.json', 'centroids.npy', 'assignments.npy')
 
-def check_params(fraction:float, tau:float, sigma:float):
+def check_selection_params(fraction:float, # budget as a fraction of N
+                           tau:float, # softmax temperature
+                           sigma:float, # kernel bandwidth
+                          ):
     "Raise `CoincideError` unless 0 < fraction <= 1, tau > 0 and sigma > 0 (all finite)."
     if not (math.isfinite(fraction) and 0 < fraction <= 1): raise CoincideError(f"--fraction must be in (0, 1], got {fraction}")
     if not (math.isfinite(tau) and tau > 0): raise CoincideError(f"--tau must be > 0, got {tau}")
@@ -215,7 +234,13 @@ def open_run(run_dir:str|Path, # the run folder
             'centroids': np.asarray(cen), 'assignments': np.asarray(a)}
 
 # %% ../nbs/07_selection.ipynb #d6f59b0b
-def cluster_table(ids, sizes, S, D, al:dict, count) -> 'pd.DataFrame':
+def cluster_table(ids:np.ndarray, # (k,) non-empty cluster ids
+                  sizes:np.ndarray, # (k,) members per cluster
+                  S:np.ndarray, # (k,) transferability
+                  D:np.ndarray, # (k,) density
+                  al:dict, # from `allocate_budget`: P and allocated
+                  count:np.ndarray, # (k,) members kept per cluster in this mode
+                 ) -> 'pd.DataFrame': # one row per non-empty cluster
     "The per-cluster table: cluster, size, S, D, P, allocated (offered by the reference), taken (kept in this mode)."
     import pandas as pd
     return pd.DataFrame({'cluster': ids, 'size': sizes, 'S': S, 'D': D, 'P': al['P'], 'allocated': al['allocated'], 'taken': count})
@@ -238,6 +263,67 @@ class _Clock:
         if self.timings is not None: self.timings[name] = self.timings.get(name, 0.0) + t - self.t
         self.t = t
 
+# %% ../nbs/07_selection.ipynb #f1739b0f
+_READERS = {}
+
+def _reader(path:Path) -> ClusterRows:
+    "This process's reader of the embeddings (one per path)."
+    if path not in _READERS: _READERS.clear(); _READERS[path] = ClusterRows(path)
+    return _READERS[path]
+
+def density_pass(path:Path, # the embeddings .npy
+                 rows:np.ndarray, # (n,) ascending record indices of one cluster
+                 sigma:float, # kernel bandwidth
+                 guess:int, # greedy picks to make now (0: none)
+                 cache_bytes:int, # memory for greedy kernel rows
+                 device:str|None, # None: numpy; else a torch device
+                ) -> tuple: # (D, r (n,) kernel row sums, picks (guess,) record indices or None, seconds per part)
+    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (and one kernel if it is small)."
+    import time
+    t0 = time.perf_counter(); x = _reader(path)(rows)
+    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True)
+    t2 = time.perf_counter()
+    picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, cache_bytes, device=device, kernel=p['kernel'])] if guess > 0 else None
+    return D, r, picks, {'read': t1 - t0, 'kernel sums': t2 - t1, 'greedy': time.perf_counter() - t2}
+
+def greedy_pass(path:Path, # the embeddings .npy
+                rows:np.ndarray, # (n,) ascending record indices of one cluster
+                m:int, # picks to make
+                sigma:float, # kernel bandwidth
+                r:np.ndarray, # (n,) kernel row sums from the density pass
+                cache_bytes:int, # memory for greedy kernel rows
+                device:str|None, # None: numpy; else a torch device
+               ) -> np.ndarray: # (m,) record indices in pick order
+    "One cluster's first `m` greedy MMD picks."
+    return rows[greedy_mmd(_reader(path)(rows), m, sigma, r, cache_bytes, device=device)]
+
+def _limit_threads(n:int):
+    "Give this worker process `n` BLAS (and torch) threads."
+    from threadpoolctl import threadpool_limits
+    global _LIMITS
+    _LIMITS = threadpool_limits(n)
+    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(n)
+
+def map_clusters(fn, # `density_pass` or `greedy_pass`
+                 tasks:list, # argument tuples, one per cluster
+                 workers:int=1, # processes; 1 runs here
+                 desc:str='', # progress bar label
+                 progress:bool=True, # show a progress bar
+                ) -> list: # fn(*task) for every task, in task order
+    "Run `fn` on every task, here or in `workers` processes (largest clusters first), results in task order."
+    if workers <= 1 or len(tasks) <= 1:
+        return [fn(*t) for t in tqdm(tasks, desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress)]
+    import multiprocessing as mp, coincide.selection as pkg
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    fn = getattr(pkg, fn.__name__)                                 # the package's function: one defined in a notebook cannot be sent
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    out = [None] * len(tasks)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=pkg._limit_threads, initargs=(threads,)) as ex:
+        futs = {ex.submit(fn, *tasks[i]): i for i in sorted(range(len(tasks)), key=lambda i: -len(tasks[i][1]))}
+        for f in tqdm(as_completed(futs), total=len(futs), desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress):
+            out[futs[f]] = f.result()
+    return out
+
 # %% ../nbs/07_selection.ipynb #f256ba42
 def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroids, assignments
                  fractions:list, # budgets as fractions of N, each in (0, 1]
@@ -248,45 +334,56 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
                  transfer_columns:str='text', # 'text' (paper) or 'all'
                  knn:int=4, # neighbours for transfer='knn'
                  density_mode:str='paper', # 'paper' or 'off' (D = 1)
-                 cache_bytes:int=256<<20, # memory for greedy kernel rows
+                 cache_bytes:int=1<<30, # memory for greedy kernel rows, per cluster being processed
                  progress:bool=True, # show progress bars
                  timings:dict|None=None, # if given, filled with the seconds each part took
                  early_picks:bool=True, # start each cluster's greedy during the density pass (speed only; same result)
+                 device:str|None=None, # None: numpy on the CPU; else the torch device ('cpu', 'cuda') for the kernels
+                 workers:int=1, # processes the clusters are spread over (the output does not depend on it)
                 ) -> dict: # fraction -> (indices (m,) int64 sorted, table DataFrame)
     "COINCIDE selection for several budgets from one density pass and one greedy pass per cluster."
     clock = _Clock(timings)
-    for fr in fractions: check_params(fr, tau, sigma)
+    for fr in fractions: check_selection_params(fr, tau, sigma)
     if density_mode not in ('paper', 'off'): raise CoincideError(f"unknown density mode {density_mode!r}: use paper or off")
     if transfer == 'knn' and knn < 1: raise CoincideError(f"--knn must be >= 1, got {knn}")
+    if workers < 1: raise CoincideError(f"--workers must be >= 1, got {workers}")
     run = open_run(run_dir)
     K, N = len(run['centroids']), run['n']
+    budgets = {fr: budget_size(N, fr, mode) for fr in fractions}
     clock('open')
-    S_all = transferability(run['centroids'], run['blocks'], transfer_columns, transfer, knn)
+    S_all = transferability(run['centroids'], run['blocks'], transfer_columns, transfer, knn, device=device)
     order, ids, starts = cluster_index(run['assignments'], K, str(run['run']/'assignments.npy'))
     sizes = np.diff(starts)
     clock('transferability')
-    read = ClusterRows(run['emb_path'])
-    guess = early_guess(sizes, max(int(fr * N) for fr in fractions)) if early_picks else np.zeros(len(ids), np.int64)
-    picks = {}
-    def early(j, rows, x, r_rows):
-        if guess[j] > 0: picks[j] = rows[greedy_mmd(x, int(guess[j]), sigma, r_rows, cache_bytes)]
-    D, r = cluster_densities(read, order, ids, starts, sigma, off=density_mode == 'off', progress=progress, each=early)
+    guess = early_guess(sizes, max(budgets.values())) if early_picks else np.zeros(len(ids), np.int64)
+    members = [order[starts[j]:starts[j+1]] for j in range(len(ids))]
+    res = map_clusters(density_pass, [(run['emb_path'], members[j], sigma, int(guess[j]), cache_bytes, device) for j in range(len(ids))],
+                       workers, 'density', progress)
+    D, r = np.ones(len(ids)), np.zeros(N)
+    picks = {j: p for j, (_, _, p, _) in enumerate(res) if p is not None}
+    for j, (Dj, rj, _, sec) in enumerate(res):
+        r[members[j]] = rj
+        if density_mode != 'off': D[j] = Dj
+        if timings is not None:
+            for k, v in sec.items(): timings[f'density pass: {k}'] = timings.get(f'density pass: {k}', 0.0) + v
+    del res
     S = S_all[ids]
     clock('density')
-    allocs = {fr: allocate_budget(S / D, sizes, int(fr * N), tau, mode) for fr in fractions}
+    allocs = {fr: allocate_budget(S / D, sizes, budgets[fr], tau, mode) for fr in fractions}
     counts = np.stack([al['count'] for al in allocs.values()])     # (f, k)
     greedy_len = np.where(counts < sizes, counts, 0).max(0)        # (k,) longest prefix any budget needs
     clock('allocation')
-    for j in tqdm(np.flatnonzero(greedy_len > guess), desc='greedy MMD', unit='cluster', disable=not progress, leave=False):
-        rows = order[starts[j]:starts[j+1]]
-        picks[j] = rows[greedy_mmd(read(rows), int(greedy_len[j]), sigma, r[rows], cache_bytes)]
+    todo = np.flatnonzero(greedy_len > guess)
+    more = map_clusters(greedy_pass, [(run['emb_path'], members[j], int(greedy_len[j]), sigma, r[members[j]], cache_bytes, device) for j in todo],
+                        workers, 'greedy MMD', progress)
+    picks.update(zip(todo.tolist(), more))
     clock('greedy')
     out = {}
     for (fr, al), cnt in zip(allocs.items(), counts):
-        parts = [order[starts[j]:starts[j+1]] if cnt[j] >= sizes[j] else picks[j][:cnt[j]] for j in np.flatnonzero(cnt)]
+        parts = [members[j] if cnt[j] >= sizes[j] else picks[j][:cnt[j]] for j in np.flatnonzero(cnt)]
         idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         table = cluster_table(ids, sizes, S, D, al, cnt)
-        table.attrs.update(budget=int(fr * N), selected=len(idx), shortfall=int(al['shortfall']),
+        table.attrs.update(budget=budgets[fr], selected=len(idx), shortfall=int(al['shortfall']),
                            paper_selected=int(al['paper_count'].sum()), n_records=N, n_clusters=K, empty_clusters=K - len(ids))
         out[fr] = (idx.astype(np.int64), table)
     return out
@@ -297,7 +394,7 @@ def select_coincide(run_dir:str|Path, # run folder with embeddings, layout, cent
                     tau:float=0.1, # softmax temperature
                     sigma:float=1.0, # Gaussian kernel bandwidth
                     mode:str='exact', # 'exact' (exactly floor(fraction N)) or 'paper' (the reference, with its shortfall)
-                    **kwargs, # transfer, transfer_columns, knn, density_mode, cache_bytes, progress (see `select_sweep`)
+                    **kwargs, # transfer, transfer_columns, knn, density_mode, cache_bytes, progress, device, workers (see `select_sweep`)
                    ) -> tuple: # (indices (m,) int64 sorted, per-cluster table with budget/shortfall in .attrs)
     "COINCIDE selection from a run folder: the selected record indices and the per-cluster table."
     return select_sweep(run_dir, [fraction], tau, sigma, mode, **kwargs)[fraction]
@@ -337,7 +434,8 @@ def save_selection(out_dir:str|Path, # the output folder
     return out
 
 # %% ../nbs/07_selection.ipynb #2a4e9915
-def select_args(p):
+def select_args(p, # the argparse (sub)parser to fill
+               ):
     "Arguments of `coincide select`."
     p.add_argument('run', help='run folder with embeddings.npy, layout.json, centroids.npy, assignments.npy')
     p.add_argument('--fraction', type=float, default=None, help='budget as a fraction of the records, in (0, 1] (paper: 0.2)')
@@ -351,6 +449,8 @@ def select_args(p):
     p.add_argument('--transfer-columns', choices=['text', 'all'], default='text', help='centroid columns for transferability (paper: text)')
     p.add_argument('--knn', type=int, default=4, help='neighbours for --transfer knn')
     p.add_argument('--density', choices=['paper', 'off'], default='paper', help='density: paper, or off (D=1)')
+    p.add_argument('--device', default=None, help='compute the kernels with torch on this device (cuda, cuda:1, cpu); default: numpy on the CPU')
+    p.add_argument('--workers', type=int, default=1, help='processes to spread the clusters over (same output as 1)')
 
 # %% ../nbs/07_selection.ipynb #fa91dc97
 def _out_dirs(args) -> dict:
@@ -360,25 +460,27 @@ def _out_dirs(args) -> dict:
     base = Path(args.out or run/f'select-{args.mode}-sweep')
     return {fr: base/f'fraction-{fr:g}' for fr in args.fractions}
 
-def select_main(args) -> int:
+def select_main(args, # parsed arguments from `select_args`
+               ) -> int: # exit status
     "Run `coincide select`: select, then write indices, table, manifest (and the subset with --data)."
     started = now_iso()
     if (args.fraction is None) == (args.fractions is None): raise CoincideError("give either --fraction F or --fractions F1 F2 ...")
     fractions = [args.fraction] if args.fractions is None else list(dict.fromkeys(args.fractions))
-    for fr in fractions: check_params(fr, args.tau, args.sigma)
+    for fr in fractions: check_selection_params(fr, args.tau, args.sigma)
     records = load_records(args.data) if args.data else None
     if records is not None and len(records) != open_run(args.run)['n']:
         raise CoincideError(f"{args.data}: {len(records)} records but the run has {open_run(args.run)['n']} embedding rows; "
                             "pass the records the run was extracted from")
     res = select_sweep(args.run, fractions, args.tau, args.sigma, args.mode, args.transfer, args.transfer_columns,
-                       args.knn, args.density)
+                       args.knn, args.density, device=args.device, workers=args.workers)
     run = Path(args.run)
     inputs = {name.split('.')[0]: run/name for name in RUN_FILES}
     if args.data: inputs['data'] = Path(args.data)
     for fr, out in _out_dirs(args).items():
         idx, table = res[fr]
         params = {'fraction': fr, 'tau': args.tau, 'sigma': args.sigma, 'mode': args.mode, 'transfer': args.transfer,
-                  'transfer_columns': args.transfer_columns, 'knn': args.knn, 'density': args.density, 'n_records': table.attrs['n_records']}
+                  'transfer_columns': args.transfer_columns, 'knn': args.knn, 'density': args.density, 'device': args.device,
+                  'n_records': table.attrs['n_records']}
         save_selection(out, idx, 'select', params, inputs, records=records, table=table, started=started)
         a = table.attrs
         print(f"fraction {fr:g}: budget {a['budget']}, selected {a['selected']} ({args.mode} mode; paper mode would select "
@@ -387,7 +489,8 @@ def select_main(args) -> int:
 
 # %% ../nbs/07_selection.ipynb #2c24bbda
 def plot_budget(table, # the per-cluster table from `select_coincide`
-                ax=None):
+                ax=None, # matplotlib axes to draw on (default: a new figure)
+               ):
     "Members kept per cluster (and offered by the reference) against cluster size, clusters in descending P."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
@@ -399,10 +502,11 @@ def plot_budget(table, # the per-cluster table from `select_coincide`
     return ax
 
 # %% ../nbs/07_selection.ipynb #726029c5
-def plot_composition(records:list, # all records
-                     indices, # selected indices
-                     ax=None):
-    "Share of each source in the pool and in the subset."
+def plot_subset_sources(records:list, # all records
+                        indices, # selected indices
+                        ax=None, # matplotlib axes to draw on (default: a new figure)
+                       ):
+    "Bar chart: the share of each source (coco, gqa, ...) in the pool and in one subset."
     import matplotlib.pyplot as plt
     from coincide.data import record_source
     src = np.array([record_source(r) for r in records])

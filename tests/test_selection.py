@@ -2,42 +2,13 @@
 import json
 import numpy as np
 import pytest
+from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide, select_sweep
+from coincide.transferability import synthetic_run
 from naive_coincide import load_run, naive_greedy, naive_kernel, naive_select
 
 
 def unit(x): return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def make_run(path, n=300, k=12, d=16, seed=0, zipf=1.0, lloyd=3, empty=0, dup=0, dtype=np.float16, common=0.8):
-    """A run folder from planted clusters with Zipf sizes, spherical k-means (a few numpy Lloyd
-    iterations from the planted centres), `empty` extra centroids that attract nobody, and `dup`
-    exact duplicate rows."""
-    rng = np.random.default_rng(seed)
-    w = np.arange(1, k + 1) ** -zipf
-    sizes = 1 + np.floor(w / w.sum() * (n - k)).astype(int); sizes[0] += n - sizes.sum()
-    centres = unit(common * rng.normal(size=d) / np.sqrt(d) + rng.normal(size=(k, d)) / np.sqrt(d))
-    spread = rng.uniform(0.2, 1.5, k)
-    lab = rng.permutation(np.repeat(np.arange(k), sizes))
-    x = unit(centres[lab] + spread[lab, None] * rng.normal(size=(n, d)) / np.sqrt(d))
-    if dup: x[rng.choice(n, dup, replace=False)] = x[rng.choice(n, dup, replace=False)]
-    x = x.astype(dtype)
-    c = centres.copy()
-    for _ in range(lloyd):                                   # spherical k-means
-        a = np.argmax(x.astype(np.float64) @ c.T, 1)
-        c = np.stack([unit(x[a == j].astype(np.float64).sum(0, keepdims=True))[0] if (a == j).any() else c[j] for j in range(k)])
-    a = np.argmax(x.astype(np.float64) @ c.T, 1)
-    if empty: c = np.concatenate([c, -unit(rng.normal(size=(empty, d)) + 5 * x.astype(np.float64).mean(0))])
-    path.mkdir(parents=True, exist_ok=True)
-    np.save(path/'embeddings.npy', x); np.save(path/'assignments.npy', a.astype(np.int64))
-    np.save(path/'centroids.npy', c.astype(np.float32))
-    h = d // 2
-    layout = {'blocks': [{'layer': 0, 'modality': 'vision', 'start': 0, 'stop': h // 2},
-                         {'layer': 0, 'modality': 'text', 'start': h // 2, 'stop': h},
-                         {'layer': 1, 'modality': 'vision', 'start': h, 'stop': h + h // 2},
-                         {'layer': 1, 'modality': 'text', 'start': h + h // 2, 'stop': d}]}
-    (path/'layout.json').write_text(json.dumps(layout))
-    return path
 
 
 CASES = [dict(seed=0), dict(seed=1, n=400, k=20, d=24, zipf=1.3), dict(seed=2, n=250, k=8, d=12, empty=3),
@@ -47,7 +18,7 @@ CASES = [dict(seed=0), dict(seed=1, n=400, k=20, d=24, zipf=1.3), dict(seed=2, n
 @pytest.mark.parametrize('case', range(len(CASES)))
 @pytest.mark.parametrize('fraction,tau', [(0.2, 0.1), (0.35, 0.5)])
 def test_paper_mode_equals_naive(tmp_path, case, fraction, tau):
-    run = make_run(tmp_path/'run', **CASES[case])
+    run = synthetic_run(tmp_path/'run', **CASES[case])
     emb, layout, cen, a = load_run(run)
     want, shortfall, gap = naive_select(emb, layout, cen, a, fraction, tau)
     assert gap > 1e-10, f'a near-tie ({gap:.1e}) in the naive greedy: choose another data set'
@@ -55,7 +26,7 @@ def test_paper_mode_equals_naive(tmp_path, case, fraction, tau):
     np.testing.assert_array_equal(idx, want)
     assert table.attrs['shortfall'] == shortfall
     exact, _ = select_coincide(run, fraction, tau=tau, progress=False)
-    assert len(exact) == int(fraction * len(emb)) and set(want) <= set(exact)
+    assert len(exact) == budget_size(len(emb), fraction) and set(want) <= set(exact)
 
 
 def test_greedy_equals_from_scratch_on_realistic_clusters():
@@ -82,7 +53,7 @@ def test_greedy_ties_take_lowest_position():
 def test_underfill_reproduced_and_reported(tmp_path, cli):
     # 900 samples in 40 clusters with Zipf-skewed sizes: the small dense clusters visited last
     # cannot absorb their re-normalised shares.
-    run = make_run(tmp_path/'run', n=900, k=40, d=64, seed=8, zipf=2.4, lloyd=0, common=0.0)
+    run = synthetic_run(tmp_path/'run', n=900, k=40, d=64, seed=8, zipf=2.4, lloyd=0, common=0.0)
     sizes = np.bincount(np.load(run/'assignments.npy'))
     res = cli('select', run, '--fraction', '0.2', '--mode', 'paper', '--out', tmp_path/'paper')
     assert res.returncode == 0, res.stderr
@@ -99,7 +70,7 @@ def test_underfill_reproduced_and_reported(tmp_path, cli):
 
 
 def test_cli_outputs_default_folder_and_subset(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=200, k=10)
+    run = synthetic_run(tmp_path/'run', n=200, k=10)
     recs = [{'id': i, 'image': f'coco/{i}.jpg', 'conversations': [{'from': 'human', 'value': '<image>\nq'}, {'from': 'gpt', 'value': 'a'}]}
             for i in range(200)]
     (tmp_path/'train.json').write_text(json.dumps(recs))
@@ -118,14 +89,14 @@ def test_cli_outputs_default_folder_and_subset(tmp_path, cli):
 
 
 def test_same_inputs_same_bytes(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=300, k=12, dup=20)
+    run = synthetic_run(tmp_path/'run', n=300, k=12, dup=20)
     for out in ('a', 'b'): assert cli('select', run, '--fraction', '0.3', '--out', tmp_path/out).returncode == 0
     for f in ('indices.npy', 'clusters.csv'):
         assert (tmp_path/'a'/f).read_bytes() == (tmp_path/'b'/f).read_bytes()
 
 
 def test_sweep_equals_single_runs(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=300, k=12, seed=3)
+    run = synthetic_run(tmp_path/'run', n=300, k=12, seed=3)
     res = cli('select', run, '--fractions', '0.1', '0.3', '0.5', '--mode', 'paper')
     assert res.returncode == 0, res.stderr
     for fr in (0.1, 0.3, 0.5):
@@ -136,7 +107,7 @@ def test_sweep_equals_single_runs(tmp_path, cli):
 
 
 def test_options_for_ablations(tmp_path):
-    run = make_run(tmp_path/'run', n=300, k=12)
+    run = synthetic_run(tmp_path/'run', n=300, k=12)
     base = select_coincide(run, 0.2, progress=False)
     for kw in [dict(transfer='off'), dict(density_mode='off'), dict(transfer='knn', knn=3), dict(transfer_columns='all')]:
         idx, table = select_coincide(run, 0.2, progress=False, **kw)
@@ -147,7 +118,7 @@ def test_options_for_ablations(tmp_path):
 
 
 def test_empty_clusters_are_dropped(tmp_path):
-    run = make_run(tmp_path/'run', n=200, k=8, empty=4)
+    run = synthetic_run(tmp_path/'run', n=200, k=8, empty=4)
     idx, table = select_coincide(run, 0.3, progress=False)
     assert table.attrs['empty_clusters'] >= 4 and (table['size'] > 0).all() and len(idx) == 60
 
@@ -187,7 +158,7 @@ BAD = ['fraction', 'zero fraction', 'tau', 'sigma', 'nan', 'rows', 'width', 'lay
 
 @pytest.mark.parametrize('what', BAD)
 def test_bad_input_is_named(tmp_path, cli, what):
-    run = make_run(tmp_path/'run', n=100, k=5)
+    run = synthetic_run(tmp_path/'run', n=100, k=5)
     args, message = _break(run, what)
     res = cli('select', run, *args)
     assert res.returncode == 2, (res.stdout, res.stderr)
@@ -196,7 +167,7 @@ def test_bad_input_is_named(tmp_path, cli, what):
 
 
 def test_records_must_match_run(tmp_path, cli):
-    run = make_run(tmp_path/'run', n=100, k=5)
+    run = synthetic_run(tmp_path/'run', n=100, k=5)
     (tmp_path/'train.json').write_text(json.dumps([{'id': 1, 'conversations': [{'from': 'human', 'value': 'q'}]}]))
     res = cli('select', run, '--fraction', '0.2', '--data', tmp_path/'train.json')
     assert res.returncode == 2 and '1 records but the run has 100' in res.stderr
@@ -205,7 +176,7 @@ def test_records_must_match_run(tmp_path, cli):
 @pytest.mark.parametrize('tau', [0.02, 0.1, 1.0])
 def test_early_picks_change_nothing(tmp_path, tau):
     # a small tau concentrates the budget, so some clusters need more picks than the density pass made
-    run = make_run(tmp_path/'run', n=400, k=10, seed=9, zipf=0.8)
+    run = synthetic_run(tmp_path/'run', n=400, k=10, seed=9, zipf=0.8)
     for mode in ('paper', 'exact'):
         a, ta = select_coincide(run, 0.3, tau=tau, mode=mode, progress=False)
         b, tb = select_coincide(run, 0.3, tau=tau, mode=mode, progress=False, early_picks=False)

@@ -2,10 +2,12 @@
 import tempfile
 from pathlib import Path
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
+from coincide.core import CoincideError, budget_size
 from coincide.selection import allocate_budget, greedy_mmd, save_selection, select_coincide
 from naive_coincide import naive_greedy, naive_kernel
-from test_selection import make_run
+from coincide.transferability import synthetic_run
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,10 +57,13 @@ def test_exact_mode_properties_and_bytes(seed, n, k, zipf, fraction, tau, dup):
     k = min(k, n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = make_run(tmp/'run', n=n, k=k, d=8, seed=seed, zipf=zipf, lloyd=1, dup=min(dup, n // 2))
+        run = synthetic_run(tmp/'run', n=n, k=k, d=8, seed=seed, zipf=zipf, lloyd=1, dup=min(dup, n // 2))
+        if int(fraction * n) < 1:                                  # a budget of none is refused (paper mode keeps int(fraction n))
+            with pytest.raises(CoincideError, match='keeps none'): select_coincide(run, fraction, tau=tau, mode='paper', progress=False)
+            return
         exact, table = select_coincide(run, fraction, tau=tau, progress=False)
         paper, _ = select_coincide(run, fraction, tau=tau, mode='paper', progress=False)
-        assert len(exact) == int(fraction * n)
+        assert len(exact) == budget_size(n, fraction, 'exact')
         assert len(np.unique(exact)) == len(exact) and (np.diff(exact) > 0).all()
         assert (table['taken'] <= table['size']).all() and table['taken'].sum() == len(exact)
         assert set(paper.tolist()) <= set(exact.tolist())

@@ -1,0 +1,56 @@
+"""Greedy MMD on one large cluster against one float32 `x @ x.T.copy()` of it, measured in the same process.
+
+`python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference]` builds one cluster of `n` unit
+vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
+product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
+sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
+(tests/reference_greedy.py), checking that both make the same picks. Results go to bench/results/greedy.json.
+"""
+import argparse, json, os, sys, time
+from pathlib import Path
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cluster(n, d, seed=0):
+    "One cluster of `n` float16 unit vectors around a common direction."
+    rng = np.random.default_rng(seed)
+    x = 0.6 * rng.normal(size=d) / np.sqrt(d) + rng.standard_normal((n, d), dtype=np.float32) / np.float32(np.sqrt(d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def timed(f, *a, **kw):
+    t = time.perf_counter(); out = f(*a, **kw); return out, time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--n', type=int, default=20_000); p.add_argument('--d', type=int, default=2048)
+    p.add_argument('--m', type=int, default=4000); p.add_argument('--reference', action='store_true')
+    p.add_argument('--device', default=None, help='torch device for the kernels (cuda, cpu); default numpy')
+    p.add_argument('--cache-mb', type=int, default=1024, help='memory for cached kernel rows (MiB)')
+    p.add_argument('--out', default=str(ROOT/'bench'/'results'/'greedy.json'))
+    args = p.parse_args()
+    from coincide.selection import greedy_mmd
+    x = cluster(args.n, args.d)
+    x32 = x.astype(np.float32)
+    load0 = os.getloadavg()[0]
+    _, t_floor = timed(lambda: x32 @ x32.T.copy())
+    stats = {}
+    picks, t_new = timed(greedy_mmd, x, args.m, stats=stats, device=args.device, cache_bytes=args.cache_mb << 20)
+    res = {'command': ' '.join(['python', 'bench/bench_greedy.py'] + sys.argv[1:]), 'n': args.n, 'd': args.d, 'm': args.m,
+           'device': args.device, 'cache_mb': args.cache_mb, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor, 'kernel_rows_computed': stats.get('rows'),
+           'blas_threads': os.environ.get('OPENBLAS_NUM_THREADS', 'default'), 'load_before': load0}
+    if args.reference:
+        sys.path.insert(0, str(ROOT/'tests'))
+        import reference_greedy
+        want, t_ref = timed(reference_greedy.greedy_mmd, x, args.m)
+        res.update(reference_s=t_ref, reference_ratio=t_ref / t_floor, same_picks=bool(np.array_equal(picks, want)))
+    res['load_after'] = os.getloadavg()[0]
+    print(json.dumps(res, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1) + '\n')
+
+
+if __name__ == '__main__': main()

@@ -1,0 +1,134 @@
+"""Greedy MMD and the selection stage at scale: the same picks as before the cache change, the torch path, workers."""
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import reference_greedy
+from coincide.core import budget_size
+from coincide.selection import greedy_mmd, select_coincide
+from coincide.transferability import density_sums, synthetic_run
+from naive_coincide import load_run, naive_select
+
+try:
+    import torch
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError: HAS_CUDA = False
+cuda = pytest.mark.skipif(not HAS_CUDA, reason='gpu: needs a CUDA device')
+
+
+def cluster(n, d, seed, spread=1.0, dtype=np.float16, dup=0):
+    rng = np.random.default_rng(seed)
+    x = 0.6 * rng.normal(size=d) / np.sqrt(d) + spread * rng.normal(size=(n, d)) / np.sqrt(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    if dup: x[rng.choice(n, dup, replace=False)] = x[rng.choice(n, dup, replace=False)]
+    return x.astype(dtype)
+
+
+CLUSTERS = [dict(n=300, d=64, seed=0), dict(n=1000, d=128, seed=1, dup=200), dict(n=2500, d=256, seed=2, spread=0.4),
+            dict(n=800, d=48, seed=3, dtype=np.float32, dup=50), dict(n=600, d=32, seed=4, dtype=np.float64, spread=2.0)]
+
+
+@pytest.mark.parametrize('case', range(len(CLUSTERS)))
+def test_greedy_same_picks_as_before(case):
+    x = cluster(**CLUSTERS[case])
+    n = len(x)
+    for m in (1, n // 5, n // 2):
+        want = reference_greedy.greedy_mmd(x, m)
+        np.testing.assert_array_equal(greedy_mmd(x, m), want)
+        np.testing.assert_array_equal(greedy_mmd(x, m, sigma=0.7, cache_bytes=8 * n * 40), reference_greedy.greedy_mmd(x, m, sigma=0.7))
+
+
+def test_greedy_ties_lowest_position_with_many_duplicates():
+    x = cluster(200, 16, 7)[np.random.default_rng(0).integers(0, 40, 400)]      # 400 rows, at most 40 distinct
+    want = reference_greedy.greedy_mmd(x, 400)
+    np.testing.assert_array_equal(greedy_mmd(x, 400), want)
+    first = {}
+    for t, p in enumerate(want): first.setdefault(x[p].tobytes(), []).append(p)
+    assert all(v == sorted(v) for v in first.values())                             # equal rows are taken in position order
+
+
+def test_torch_cpu_picks_equal_numpy():
+    pytest.importorskip('torch')
+    for case in CLUSTERS[:4]:
+        x = cluster(**case)
+        m = len(x) // 4
+        np.testing.assert_array_equal(greedy_mmd(x, m, device='cpu'), greedy_mmd(x, m))
+
+
+@pytest.mark.parametrize('case', [dict(seed=0), dict(seed=3, n=300, k=15, dup=40, dtype=np.float32), dict(seed=2, n=250, k=8, d=12, empty=3)])
+def test_torch_cpu_selection_equals_numpy(tmp_path, case):
+    pytest.importorskip('torch')
+    run = synthetic_run(tmp_path/'run', **case)
+    for mode in ('exact', 'paper'):
+        a, ta = select_coincide(run, 0.3, mode=mode, progress=False)
+        b, tb = select_coincide(run, 0.3, mode=mode, progress=False, device='cpu')
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(tb['D'], ta['D'], rtol=1e-12); np.testing.assert_allclose(tb['S'], ta['S'], rtol=1e-12, atol=1e-15)
+
+
+@cuda
+def test_gpu_selection_equals_cpu(tmp_path):
+    run = synthetic_run(tmp_path/'run', n=2000, k=20, d=64, seed=5)
+    for mode in ('exact', 'paper'):
+        np.testing.assert_array_equal(select_coincide(run, 0.2, mode=mode, progress=False, device='cuda')[0],
+                                      select_coincide(run, 0.2, mode=mode, progress=False)[0])
+    x = cluster(3000, 256, 9)
+    np.testing.assert_array_equal(greedy_mmd(x, 600, device='cuda'), greedy_mmd(x, 600))
+
+
+def test_workers_give_the_same_bytes(tmp_path, cli):
+    run = synthetic_run(tmp_path/'run', n=600, k=12, dup=20, seed=6)
+    for w in (1, 2):
+        res = cli('select', run, '--fractions', '0.1', '0.3', '--workers', w, '--out', tmp_path/f'w{w}')
+        assert res.returncode == 0, res.stderr
+    for fr in ('0.1', '0.3'):
+        for f in ('indices.npy', 'clusters.csv'):
+            assert (tmp_path/'w1'/f'fraction-{fr}'/f).read_bytes() == (tmp_path/'w2'/f'fraction-{fr}'/f).read_bytes()
+
+
+def test_cli_device_cpu(tmp_path, cli):
+    pytest.importorskip('torch')
+    run = synthetic_run(tmp_path/'run', n=300, k=12, seed=2)
+    for dev in ([], ['--device', 'cpu']):
+        res = cli('select', run, '--fraction', '0.2', *dev, '--out', tmp_path/('torch' if dev else 'numpy'))
+        assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(np.load(tmp_path/'torch'/'indices.npy'), np.load(tmp_path/'numpy'/'indices.npy'))
+    assert json.loads((tmp_path/'torch'/'manifest.json').read_text())['params']['device'] == 'cpu'
+
+
+def test_budget_029_of_100(tmp_path, cli):
+    run = synthetic_run(tmp_path/'run', n=100, k=5, seed=1)
+    assert cli('select', run, '--fraction', '0.29', '--mode', 'exact', '--out', tmp_path/'e').returncode == 0
+    assert len(np.load(tmp_path/'e'/'indices.npy')) == 29 == budget_size(100, 0.29)
+    res = cli('select', run, '--fraction', '0.29', '--mode', 'paper', '--out', tmp_path/'p')
+    assert res.returncode == 0, res.stderr
+    man = json.loads((tmp_path/'p'/'manifest.json').read_text())
+    assert man['counts']['budget'] == 28 == int(0.29 * 100)
+    emb, layout, cen, a = load_run(run)
+    want, shortfall, _ = naive_select(emb, layout, cen, a, 0.29)
+    np.testing.assert_array_equal(np.load(tmp_path/'p'/'indices.npy'), want)
+    assert man['counts']['shortfall'] == shortfall
+
+
+def test_no_large_symmetric_product():
+    # numpy's OpenBLAS crashed (segfault) on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads: symmetric products
+    # above the tile size go by tiles of general products (checked here on a small tile)
+    code = ("import numpy as np; from coincide.transferability import _dot_rows; "
+            "u = np.random.default_rng(0).normal(size=(1500, 512)); "
+            "assert np.allclose(_dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
+    assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
+
+
+@pytest.mark.slow
+def test_big_cluster_two_threads():
+    "Density and greedy MMD on one 20,000-member cluster at D = 2,048 with two BLAS threads: no crash, same picks for a prefix."
+    code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
+            "from coincide.transferability import density_sums; from coincide.selection import greedy_mmd; "
+            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.transferability import _dot_rows; _dot_rows(u, u); "
+            "D, r = density_sums(x); p = greedy_mmd(x, 1000, r=r); "
+            "import reference_greedy; q = reference_greedy.greedy_mmd(x, 300, r=r); "
+            "assert (p[:300] == q).all(); print('ok', D)")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=3000,
+                         cwd=Path(__file__).parents[1], env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
+    assert res.returncode == 0 and 'ok' in res.stdout, (res.returncode, res.stderr[-2000:])
