@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from .core import CoincideError, load_npy, sha256_file, budget_size
 from .data import load_records
+from .selection import SETTINGS
 
 # %% ../nbs/12_verify.ipynb #b2d320c9
 def find_manifests(path:str|Path, # a folder with manifests, or one manifest file
@@ -68,7 +69,7 @@ def count_problems(man:dict, # a selection manifest
     return probs
 
 # %% ../nbs/12_verify.ipynb #6d915ac8
-COINCIDE_PARAMS = ('fraction', 'tau', 'sigma', 'mode', 'transfer', 'transfer_columns', 'knn', 'density') # a `select` manifest records all of these
+COINCIDE_PARAMS = ('fraction', *SETTINGS) # a `select` manifest records all of these (`coincide.selection.coincide_params`)
 BASELINE_OPTIONS = ('stratify', 'n_clusters', 'n_neighbors', 'gamma', 'embedding') # recorded baseline settings passed back to `select_baseline`
 
 # %% ../nbs/12_verify.ipynb #04e2aca1
@@ -100,8 +101,7 @@ def rederive_coincide(man:dict, # a `select` manifest
     from coincide.selection import select_coincide
     p = required_params(man, COINCIDE_PARAMS, 'a COINCIDE selection')
     run = recorded_input(man, 'assignments', 'a COINCIDE selection').parent
-    idx, _ = select_coincide(run, p['fraction'], p['tau'], p['sigma'], p['mode'], transfer=p['transfer'],
-                             transfer_columns=p['transfer_columns'], knn=p['knn'], density_mode=p['density'], progress=False)
+    idx, _ = select_coincide(run, p['fraction'], progress=False, **{kw: p[key] for key, kw in SETTINGS.items()})
     return idx
 
 # %% ../nbs/12_verify.ipynb #2902a18d

@@ -9,7 +9,8 @@ from coincide.core import sha256_file
 OUTPUTS = ('centroids.npy', 'assignments.npy', 'cluster.manifest.json')
 
 
-def make_run(path, x):
+def write_embeddings(path, x):
+    """A run folder holding exactly `x` as its embeddings: planted, degenerate or broken rows, as each test needs."""
     path.mkdir(parents=True, exist_ok=True)
     np.save(path/'embeddings.npy', x)
     return path
@@ -18,7 +19,7 @@ def make_run(path, x):
 @pytest.fixture
 def planted(tmp_path):
     x, labels = planted_clusters(600, 24, 5, spread=0.1, seed=11)
-    return make_run(tmp_path/'run', x.astype(np.float16)), labels
+    return write_embeddings(tmp_path/'run', x.astype(np.float16)), labels
 
 
 @pytest.mark.parametrize('backend', ['faiss', 'torch'])
@@ -47,7 +48,7 @@ def test_paper_mode_is_faiss_on_the_whole_array(cli, tmp_path):
     including faiss' 256-points-per-centroid subsample (N = 1,200 > 256 * 4)."""
     faiss = pytest.importorskip('faiss')
     x, _ = planted_clusters(1200, 16, 6, spread=0.6, seed=4)
-    run = make_run(tmp_path/'run', x)
+    run = write_embeddings(tmp_path/'run', x)
     assert cli('cluster', run, '--k', 4).returncode == 0
     km = faiss.Kmeans(16, 4, niter=50, seed=1234, spherical=True); km.train(x)
     assert np.load(run/'centroids.npy').tobytes() == km.centroids.tobytes()
@@ -73,7 +74,7 @@ def test_same_seed_same_bytes(cli, capsys, tmp_path, backend, init):
     """Two processes (paper-mode random init) or the same process twice (k-means++) write the same bytes;
     another seed writes others."""
     x, _ = planted_clusters(2000, 32, 30, spread=0.8, seed=2)
-    runs = [make_run(tmp_path/f'run{i}', x.astype(np.float16)) for i in range(3)]
+    runs = [write_embeddings(tmp_path/f'run{i}', x.astype(np.float16)) for i in range(3)]
     args = ['--k', 8, '--niter', 10, '--backend', backend, '--device', 'cpu', '--init', init, '--chunk', 700, '--max-points-per-centroid', 100]
     for run, seed in zip(runs, [1234, 1234, 7]):
         if init == 'random' and seed == 1234:
@@ -105,7 +106,7 @@ BAD_EMBEDDINGS = {
 @pytest.mark.parametrize('case', list(BAD_EMBEDDINGS))
 def test_bad_embeddings_named(capsys, tmp_path, case):
     make, message = BAD_EMBEDDINGS[case]
-    run = make_run(tmp_path/'run', make())
+    run = write_embeddings(tmp_path/'run', make())
     rc, err = in_process(capsys, 'cluster', run, '--k', 2)
     assert rc == 2, err
     assert err.startswith('coincide cluster: error: ') and message in err and 'embeddings.npy' in err
@@ -127,7 +128,7 @@ BAD_ARGS = {
 @pytest.mark.parametrize('case', list(BAD_ARGS))
 def test_bad_arguments_named(capsys, tmp_path, case):
     args, message = BAD_ARGS[case]
-    run = make_run(tmp_path/'run', unit(20, 8))
+    run = write_embeddings(tmp_path/'run', unit(20, 8))
     rc, err = in_process(capsys, 'cluster', run, *args)
     assert rc == 2, err
     assert err.startswith('coincide cluster: error: ') and message in err
@@ -135,7 +136,7 @@ def test_bad_arguments_named(capsys, tmp_path, case):
 
 
 def test_bad_input_through_the_console_script(cli, tmp_path):
-    run = make_run(tmp_path/'run', with_row(np.nan)())
+    run = write_embeddings(tmp_path/'run', with_row(np.nan)())
     res = cli('cluster', run, '--k', 2)
     assert res.returncode == 2 and 'row 3 holds NaN or inf' in res.stderr and 'Traceback' not in res.stderr
     res = cli('cluster', run, '--k', 21, '--backend', 'torch')
@@ -152,7 +153,7 @@ def test_missing_embeddings_says_run_extract(capsys, tmp_path):
 
 
 def test_truncated_embeddings(capsys, tmp_path):
-    run = make_run(tmp_path/'run', unit(200, 16))
+    run = write_embeddings(tmp_path/'run', unit(200, 16))
     data = (run/'embeddings.npy').read_bytes()
     (run/'embeddings.npy').write_bytes(data[:len(data) // 2])
     rc, err = in_process(capsys, 'cluster', run, '--k', 2)
@@ -163,7 +164,7 @@ def test_truncated_embeddings(capsys, tmp_path):
 def test_cuda_without_gpu(capsys, tmp_path):
     torch = pytest.importorskip('torch')
     if torch.cuda.is_available(): pytest.skip('this machine has a GPU')
-    run = make_run(tmp_path/'run', unit(20, 8))
+    run = write_embeddings(tmp_path/'run', unit(20, 8))
     rc, err = in_process(capsys, 'cluster', run, '--k', 2, '--backend', 'torch', '--device', 'cuda')
     assert rc == 2 and "device 'cuda'" in err and '--device cpu' in err
     assert 'Traceback' not in err
@@ -173,7 +174,7 @@ def test_collapse_fails_loudly_or_warns(cli, tmp_path):
     base = unit(1, 16)
     x = base + 1e-4 * unit(60, 16, seed=1)                 # sixty samples that are nearly the same vector
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    run = make_run(tmp_path/'run', x)
+    run = write_embeddings(tmp_path/'run', x)
     res = cli('cluster', run, '--k', 4, '--niter', 5)
     assert res.returncode == 2, res.stderr
     assert 'the clustering collapsed' in res.stderr and 'mean cosine between centroids' in res.stderr
@@ -186,7 +187,7 @@ def test_collapse_fails_loudly_or_warns(cli, tmp_path):
 
 def test_pca_keeps_the_centroid_contract(capsys, tmp_path):
     x, labels = planted_clusters(500, 40, 4, spread=0.1, seed=8)
-    run = make_run(tmp_path/'run', x)
+    run = write_embeddings(tmp_path/'run', x)
     rc, err = in_process(capsys, 'cluster', run, '--k', 4, '--backend', 'torch', '--device', 'cpu', '--pca-dim', 6, '--init', 'kmeans++')
     assert rc == 0, err
     cent, assign = np.load(run/'centroids.npy'), np.load(run/'assignments.npy')

@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from coincide.transferability import synthetic_run
 
 COINCIDE = str(Path(sys.executable).parent/'coincide')
 
 
-def make_run(root: Path, n=12_000, d=64, k=40) -> Path:
-    """A run folder with planted clustered unit-norm float16 embeddings and a two-block layout."""
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(k, d))
-    x = centres[rng.integers(0, k, n)] + 0.5 * rng.normal(size=(n, d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    root.mkdir(parents=True)
-    np.save(root/'embeddings.npy', x.astype(np.float16))
-    (root/'layout.json').write_text(json.dumps({'blocks': [{'layer': 0, 'modality': 'vision', 'start': 0, 'stop': d // 2},
-                                                           {'layer': 0, 'modality': 'text', 'start': d // 2, 'stop': d}]}))
-    return root
+def make_run(root: Path) -> Path:
+    """A run folder with 12,000 planted unit-norm float16 embeddings of width 64 in 40 clusters, not yet clustered."""
+    run = synthetic_run(root, n=12_000, d=64, k=40, zipf=0.0, seed=1)
+    for name in ('centroids.npy', 'assignments.npy'): (run/name).unlink()
+    return run
 
 
 def kill_at(args, delay: float):
