@@ -1,7 +1,7 @@
 """Execute notebooks in place and store their outputs, skipping the cells `nbdev_test` skips.
 
     python tools/run_notebooks.py                          # every notebook nbdev_test would run
-    python tools/run_notebooks.py nbs/07_selection.ipynb   # only these
+    python tools/run_notebooks.py nbs/05_selection.ipynb   # only these
     python tools/run_notebooks.py --flags "slow" ...       # also run cells flagged slow
 
 Each notebook runs through nbdev's own `test_nb`: its front matter, its `#| eval: false` cells and
