@@ -23,7 +23,7 @@ INITS = ('random', 'kmeans++')
 
 @dataclass
 class ClusterConfig:
-    "Parameters of spherical k-means; the defaults are the paper's (SPEC 3), except K, which is the user's."
+    "Parameters of spherical k-means; the defaults are the paper's, except K, which is the user's."
     k:int                            # number of clusters (paper: 10,000 for LLaVA-665K, 2,500 for Vision-Flan)
     niter:int = 50                   # Lloyd iterations
     seed:int = 1234                  # seed of the sampling and the initial centroids

@@ -1,4 +1,4 @@
-"""A direct, naive implementation of SPEC 4-7 (paper mode), for tests only.
+"""A direct, naive implementation of the paper's transferability, density, budget loop and greedy MMD (paper mode), for tests only.
 
 Every kernel is materialised from explicit differences, every candidate's MMD^2 is recomputed from
 scratch at every greedy step, and the allocation re-normalises the softmax over the unvisited

@@ -1,4 +1,4 @@
-"""`coincide select` and `coincide.selection` against a naive implementation of SPEC 4-7, end to end."""
+"""`coincide select` and `coincide.selection` against a naive implementation of the paper's equations, end to end."""
 import json
 import numpy as np
 import pytest
