@@ -6,9 +6,9 @@
 __all__ = ['PAPER_LAYERS', 'METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'power_seeds', 'power_config', 'scale_layers',
            'stage_key', 'cached_stage', 'scored_suites', 'relative_per_seed', 'paired_difference', 'summarise',
            'markdown_table', 'Demo', 'run_stage', 'benchmark_stage', 'reference_stage', 'cluster_stage',
-           'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage', 'target_init_stage',
-           'target_stage', 'select_all', 'run_demo', 'write_results', 'plot_per_benchmark', 'plot_relative',
-           'demo_args', 'demo_main']
+           'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage', 'selection_diagnostics',
+           'plot_selection_diagnostics', 'target_init_stage', 'target_stage', 'select_all', 'run_demo', 'write_results',
+           'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
 
 # %% ../nbs/10_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -310,6 +310,39 @@ def baseline_stage(demo:Demo, # the demo's state, after `scores_stage`
     demo.keys[f'select-{name}-{seed}'], demo.seconds[f'select-{name}-{seed}'] = sel.name, res['seconds']
     return np.load(sel/'indices.npy'), res['seconds'] + sum(score_seconds[s] for s in SCORES_USED[name])
 
+# %% ../nbs/10_demo.ipynb #9b8fa8cf
+def selection_diagnostics(clusters:pd.DataFrame, # clusters.csv of a COINCIDE selection: cluster, size, S, D, P, allocated, taken
+                          assignments:np.ndarray, # (n,) int: the cluster of each record
+                          records:list, # the n records (their `source`)
+                          tau:float, # the softmax temperature of the selection
+                         ) -> tuple: # (per-cluster table with a `share_<source>` column per source, summary dict)
+    "Per-cluster size, S, D, P, allocated, taken and source mix; the effective number of clusters and the spread of S / D against tau."
+    src = pd.Series([r.get('source', '?') for r in records], name='source')
+    mix = pd.crosstab(pd.Series(np.asarray(assignments), name='cluster'), src, normalize='index').add_prefix('share_')
+    table = clusters.set_index('cluster').join(mix).reset_index()
+    ratio = clusters.S / clusters.D                                        # (k,)
+    summary = {'clusters': len(clusters), 'effective_clusters': float(1 / (clusters.P ** 2).sum()),
+               'ratio_sd': float(ratio.std(ddof=1)), 'tau': tau, 'ratio_sd_over_tau': float(ratio.std(ddof=1) / tau),
+               'top10_share_of_P': float(clusters.P.nlargest(10).sum()), 'shortfall': int((clusters.allocated - clusters.taken).sum())}
+    return table, summary
+
+# %% ../nbs/10_demo.ipynb #c257b04e
+def plot_selection_diagnostics(table:pd.DataFrame, # from `selection_diagnostics`
+                               summary:dict, # from `selection_diagnostics`
+                              ): # a matplotlib Figure
+    "Left: each cluster's share of the pool against its share of the budget (P). Right: the source mix of the ten clusters with the largest P."
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    share = table['size'] / table['size'].sum()
+    a.scatter(share, table.P, s=12, c=table.S / table.D, cmap='viridis'); lim = max(share.max(), table.P.max()) * 1.05
+    a.plot([0, lim], [0, lim], 'k--', lw=0.8); a.set_xlabel('share of the pool'); a.set_ylabel('P (share of the budget)')
+    a.set_title(f"k = {summary['clusters']}, effective clusters {summary['effective_clusters']:.1f}, sd(S/D) = {summary['ratio_sd_over_tau']:.1f} tau", fontsize=9)
+    top = table.nlargest(10, 'P').set_index('cluster')
+    top[[c for c in table.columns if c.startswith('share_')]].rename(columns=lambda c: c[6:]).plot.barh(stacked=True, ax=b, width=0.8)
+    b.invert_yaxis(); b.set_xlabel('share of the cluster'); b.set_title('source mix of the ten clusters with the largest P', fontsize=9)
+    b.legend(fontsize=7, loc='lower right'); plt.close(fig)
+    return fig
+
 # %% ../nbs/10_demo.ipynb #88ccb968
 def target_init_stage(demo:Demo) -> Path:
     "The pretrained target (`coincide.training.pretrain_target`), built once before any selection and cached."
@@ -387,7 +420,7 @@ def write_results(out:Path, # the demo's output folder
                   suites:pd.DataFrame, # from `scored_suites`
                   selections:dict, # method -> its seed-0 indices, for the composition plot
                  ):
-    "Write the results table (CSV, Markdown), the per-seed values, the suite choice, the plots and a manifest."
+    "Write the results table (CSV, Markdown), the per-seed values, the suite choice, COINCIDE's diagnostics, the plots and a manifest."
     from coincide.core import write_manifest
     from coincide.data import plot_source_shares
     import matplotlib.pyplot as plt
@@ -399,6 +432,12 @@ def write_results(out:Path, # the demo's output folder
     composition = plot_source_shares(demo.train, selections).figure; plt.close(composition)
     plots = {'per_benchmark': plot_per_benchmark(per_seed, list(demo.setup.suites)), 'relative': plot_relative(table),
              'composition': composition}
+    if 'select-coincide' in demo.keys:
+        diag, summary = selection_diagnostics(pd.read_csv(demo.cache/demo.keys['select-coincide']/'clusters.csv'),
+                                              np.load(demo.cache/demo.keys['cluster']/'assignments.npy'), demo.train, demo.cfg.tau)
+        with atomic_write(out/'coincide_clusters.csv', 'w') as f: diag.to_csv(f, index=False, float_format='%.6g')
+        save_json(out/'coincide_diagnostics.json', summary)
+        plots['coincide_clusters'] = plot_selection_diagnostics(diag, summary)
     for name, fig in plots.items():
         with atomic_write(out/f'{name}.png', 'wb') as f: fig.savefig(f, format='png', dpi=110, bbox_inches='tight')
     write_manifest(out/'manifest.json', 'demo', {**asdict(demo.cfg), 'device': demo.device}, {'train': demo.bench/'train.json'}, seed=0,
