@@ -131,7 +131,7 @@ def baseline_indices(demo:Demo, # from `open_demo`
 
 # %% ../nbs/11_ablations.ipynb #1ed49cc8
 def train_rows(demo:Demo, # from `open_demo`
-               inits:dict, # seed -> stage-1 target folder
+               inits:dict, # seed -> the pretrained target folder (`open_demo`)
                method:str, # 'full', 'coincide' or a baseline (names the cache entry)
                indices, # (m,) int64 selection, None for full data
                seeds:tuple=SEEDS, # target seeds
