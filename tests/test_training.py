@@ -146,10 +146,16 @@ def test_train_main_writes_model_eval_and_manifest(bench, tmp_path):
     with pytest.raises(CoincideError, match='not a model folder'): train_main(bad)
 
 
-def test_train_and_demo_take_a_device(cli):
+def test_train_and_demo_take_a_device(cli, tmp_path):
     for cmd in ('train', 'demo'):
         res = cli(cmd, '--help')
         assert res.returncode == 0 and '--device' in res.stdout, res.stdout
+    if not torch.cuda.is_available():
+        for args in (('train', '--bench', tmp_path, '--out', tmp_path/'run'), ('demo', '--out', tmp_path/'demo')):
+            res = cli(*args, '--device', 'cuda')
+            assert res.returncode == 2 and 'no CUDA GPU' in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    res = cli('demo', '--preset', 'power', '--from', tmp_path/'none.csv', '--out', tmp_path/'p')
+    assert res.returncode == 2 and 'run `coincide demo` first' in res.stderr, res.stderr
 
 
 def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path):
