@@ -21,7 +21,7 @@ from coincide.core import budget_size, pick_device
 from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, target_stage, scored_suites,
                            relative_per_seed)
 from coincide.training import STAGE1, STAGE2, VISION, TARGET_SEED
-from coincide.models import get_preset
+from coincide.models import get_preset, VLMPreset
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
 
@@ -43,9 +43,13 @@ def main():
     p.add_argument('--out', default='bench/results/calibration.csv')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default=None)
+    p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = replace(DemoConfig(), n_train=a.n_train, seeds=a.seeds, methods=('random',))
+    if a.target:
+        w, l = map(int, a.target.split(','))
+        cfg = replace(cfg, target_preset=replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w))
     demo = Demo(cfg, Path(a.cache), pick_device(a.device).type)
     t0 = time.perf_counter()
     benchmark_stage(demo)
@@ -69,7 +73,8 @@ def main():
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
     per_seed = per_seed.assign(benchmark_version=VERSION, design_hash=design_hash(cfg, meta['params']), n_train=n,
                                n_eval=cfg.n_eval, n_pretrain=meta['params']['n_pretrain'], scored_suites=len(scored),
-                               device=demo.device, threads=a.threads, commit=commit)
+                               device=demo.device, threads=a.threads, commit=commit,
+                               target=f"{get_preset(cfg.target_preset).text_hidden}x{get_preset(cfg.target_preset).text_layers}")
     out = Path(a.out)
     old = pd.read_csv(out) if out.is_file() else None
     allrows = per_seed if old is None else pd.concat([old, per_seed], ignore_index=True)
