@@ -21,7 +21,7 @@ from coincide.core import budget_size, pick_device
 from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, target_stage, scored_suites,
                            relative_per_seed)
 from coincide.training import STAGE1, STAGE2, VISION, TARGET_SEED
-from coincide.models import get_preset, VLMPreset
+from coincide.models import get_preset, PRESETS
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
 
@@ -49,7 +49,8 @@ def main():
     cfg = replace(DemoConfig(), n_train=a.n_train, seeds=a.seeds, methods=('random',))
     if a.target:
         w, l = map(int, a.target.split(','))
-        cfg = replace(cfg, target_preset=replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w))
+        PRESETS[f'target-{w}x{l}'] = replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w)
+        cfg = replace(cfg, target_preset=f'target-{w}x{l}')
     demo = Demo(cfg, Path(a.cache), pick_device(a.device).type)
     t0 = time.perf_counter()
     benchmark_stage(demo)
