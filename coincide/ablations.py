@@ -60,13 +60,13 @@ FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6) # the data-ratio sweep
 # %% ../nbs/11_ablations.ipynb #b23cfcf1
 def open_demo(cfg:DemoConfig, # the demo's settings (`DemoConfig()` shares the cache of `make demo`)
               out:str|Path, # the demo's output folder; its stage cache is OUT/cache
-             ) -> tuple: # (Demo, reference model folder, {seed: stage-1 target folder})
-    "The demo's benchmark, reference model, stage-1 targets, COINCIDE run and baseline scores, from the cache or computed."
+             ) -> tuple: # (Demo, reference model folder, {seed: the pretrained target's folder, the same for every seed})
+    "The demo's benchmark, reference model, pretrained target, COINCIDE run and baseline scores, from the cache or computed."
     demo = Demo(cfg, Path(out)/'cache')
     benchmark_stage(demo); ref = reference_stage(demo)
-    inits = {s: target_init_stage(demo, s) for s in range(max(cfg.seeds, max(SEEDS) + 1))}
-    coincide_stages(demo, ref); scores_stage(demo, ref, inits[0])
-    return demo, ref, inits
+    init = target_init_stage(demo)
+    coincide_stages(demo, ref); scores_stage(demo, ref, init)
+    return demo, ref, {s: init for s in range(max(cfg.seeds, max(SEEDS) + 1))}
 
 # %% ../nbs/11_ablations.ipynb #fd0ac217
 def feature_variant(demo:Demo, # from `open_demo`
@@ -131,7 +131,7 @@ def baseline_indices(demo:Demo, # from `open_demo`
 
 # %% ../nbs/11_ablations.ipynb #1ed49cc8
 def train_rows(demo:Demo, # from `open_demo`
-               inits:dict, # seed -> stage-1 target folder
+               inits:dict, # seed -> the pretrained target folder (`open_demo`)
                method:str, # 'full', 'coincide' or a baseline (names the cache entry)
                indices, # (m,) int64 selection, None for full data
                seeds:tuple=SEEDS, # target seeds

@@ -89,11 +89,12 @@ def expected_answers(rec:dict, # a benchmark record
     im = open_image(rec, images_dir)
     img = None if im is None else np.asarray(im)                        # (SIZE, SIZE, 3) uint8
     qs = [t['value'].replace('<image>\n', '') for t in rec['conversations'] if t['from'] == 'human']
-    def one(q):
+    skills = rec.get('turn_skills') or [rec['skill']] * len(qs)
+    def one(q, skill):
         if img is None: return _expect_text(q)
         if rec['concept'] == 'photo': return None
-        if rec['concept'] == 'digit': return _expect_digit(img, q, rec['skill'])
-        if rec['concept'] == 'word': return _expect_word(img, q, rec['skill'])
         if q == 'What colour is the text?': return colour_of(img, np.abs(img.astype(np.int16) - BG).max(-1) > 30)
-        return _expect_shapes(img, q, rec['skill'], rec['concept'])
-    return [one(q) for q in qs]
+        if rec['concept'] == 'digit': return _expect_digit(img, q, skill)
+        if rec['concept'] == 'word': return _expect_word(img, q, skill)
+        return _expect_shapes(img, q, skill, rec['concept'])
+    return [one(q, s) for q, s in zip(qs, skills)]

@@ -8,14 +8,14 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from coincide.benchmark import COLOURS, BG, SUITES, make, load_benchmark, benchmark_meta
+from coincide.benchmark import COLOURS, BG, SUITES, make, load_benchmark, load_pretrain, benchmark_meta
 from coincide.core import CoincideError
 from coincide.data import validate_records
 from coincide.scoring import is_correct
 from benchmark_oracle import expected_answers
 
 FIXTURE = Path(__file__).parent.parent/'data'/'fixture'
-FIXTURE_CALL = dict(n_train=50, n_eval=2, n_captions=10, seed=0) # the call documented in data/README.md
+FIXTURE_CALL = dict(n_train=50, n_eval=2, n_captions=10, seed=0, n_pretrain=20) # the call documented in data/README.md
 SMALL = dict(n_train=700, n_eval=25, n_captions=60, seed=3)
 
 
@@ -46,13 +46,14 @@ def truth(out): return json.loads((out/'truth.json').read_text())
 
 def test_layout_and_fields(bench, loaded):
     train, caps, evals = loaded
-    assert {p.name for p in bench.iterdir()} == {'train.json', 'captions.json', 'eval', 'images', 'truth.json', 'benchmark.json'}
+    assert {p.name for p in bench.iterdir()} == {'train.json', 'captions.json', 'pretrain.json', 'eval', 'images', 'truth.json', 'benchmark.json'}
     assert (len(train), len(caps)) == (700, 60)
     assert sorted(evals) == sorted(SUITES) and all(len(rs) == 25 for rs in evals.values())
     assert sorted(p.stem for p in (bench/'eval').glob('*.json')) == sorted(SUITES)
     assert all('source' in r for r in train)
     for r in every_record(loaded):
-        assert {'id', 'conversations', 'concept', 'skill'} <= set(r)
+        assert {'id', 'conversations', 'concept', 'skill', 'object'} <= set(r)
+        if 'turn_skills' in r: assert len(r['turn_skills']) == len(r['conversations']) // 2
         if 'image' in r:
             assert r['image'].startswith('images/') and r['image'].endswith('.png')
             assert r['conversations'][0]['value'].startswith('<image>\n')
@@ -188,6 +189,30 @@ def test_text_only_share_and_skewed_sources(bench, loaded):
     assert {s: v['records'] for s, v in benchmark_meta(bench)['sources'].items()} == dict(sizes)
 
 
+def test_compositions_are_many_and_long_tailed(bench, loaded):
+    comps = benchmark_meta(bench)['compositions']
+    assert len(comps) >= 150 and sum(comps.values()) == sum(len(r['conversations']) // 2 for r in loaded.train)
+    digits = Counter(r['object'] for r in loaded.train if r['concept'] == 'digit')
+    assert digits['digit 0'] >= 4 * digits['digit 9']                                    # Zipf: rank 1 against rank 10
+    eval_digits = Counter(r['object'] for r in loaded.evals['digit_recog'])
+    assert max(eval_digits.values()) <= 3 * min(eval_digits.values()) + 3               # evaluation is uniform
+
+
+def test_several_questions_per_image_in_three_sources(loaded):
+    multi = Counter(r['source'] for r in loaded.train if 'image' in r and len(r['conversations']) > 2 and r['source'] != 'dialog')
+    assert len(multi) >= 3, multi
+    r = next(r for r in loaded.train if r.get('turn_skills') and len(set(r['turn_skills'])) > 1)
+    assert len(r['conversations']) >= 4
+
+
+def test_pretraining_text_is_disjoint_and_text_only(bench, loaded):
+    pre = load_pretrain(bench)
+    assert len(pre) == SMALL['n_train'] and all('image' not in r for r in pre)
+    assert all('<image>' not in t['value'] for r in pre for t in r['conversations'])
+    assert not {r['id'] for r in pre} & {r['id'] for r in loaded.train}
+    assert Counter(r['source'] for r in pre) == Counter(r['source'] for r in loaded.train)
+
+
 def test_skills_cover_the_brief(loaded):
     skills = {r['skill'] for r in loaded.train}
     assert {'recognition', 'verification', 'counting', 'spatial', 'reading', 'arithmetic', 'description',
@@ -292,7 +317,7 @@ def test_fixture_is_valid_and_reproducible(tmp_path):
     good, bad = validate_records(train, FIXTURE, decode=True)
     assert bad == []
     again = make(tmp_path/'f', **FIXTURE_CALL)
-    for name in ['train.json', 'captions.json', 'truth.json', *(f'eval/{s}.json' for s in SUITES)]:
+    for name in ['train.json', 'captions.json', 'pretrain.json', 'truth.json', *(f'eval/{s}.json' for s in SUITES)]:
         assert (again/name).read_bytes() == (FIXTURE/name).read_bytes(), name
     for p in sorted((FIXTURE/'images').rglob('*.png')):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(again/p.relative_to(FIXTURE)))), p

@@ -33,7 +33,10 @@ def test_micro_demo_writes_results_and_reuses_its_cache(micro):
     other = r.drop(['random', 'full'])
     if suites.scored.any(): assert ((other.diff_ci_low <= other.diff_vs_random) & (other.diff_vs_random <= other.diff_ci_high)).all()
     else: assert other.relative.isna().all() and 'No suite where' in (out/'results.md').read_text()
-    assert all((out/f'{p}.png').stat().st_size > 0 for p in ('per_benchmark', 'relative', 'composition'))
+    assert all((out/f'{p}.png').stat().st_size > 0 for p in ('per_benchmark', 'relative', 'composition', 'coincide_clusters'))
+    diag, summary = pd.read_csv(out/'coincide_clusters.csv'), json.loads((out/'coincide_diagnostics.json').read_text())
+    assert len(diag) == summary['clusters'] == MICRO.k and diag.P.sum() == pytest.approx(1, abs=1e-4)
+    assert 1 <= summary['effective_clusters'] <= MICRO.k and diag.taken.sum() == round(MICRO.fraction * MICRO.n_train)
     t = time.perf_counter()
     again = run_demo(MICRO, out)
     assert time.perf_counter() - t < 60

@@ -139,8 +139,29 @@ def test_train_main_writes_model_eval_and_manifest(bench, tmp_path):
     assert train_main(args) == 0
     man = json.loads((tmp_path/'run'/'train.manifest.json').read_text())
     assert man['params']['n_selected'] == 16 and man['seed'] == 0
-    assert (tmp_path/'stage1-test-0'/'config.json').is_file()
+    assert (tmp_path/'pretrained-test'/'config.json').is_file() and man['params']['device'] == 'cpu'
     model, proc = load_vlm(tmp_path/'run')
     assert len(model.model.language_model.layers) == 2
     bad = p.parse_args(['--bench', str(d), '--out', str(tmp_path/'r2'), '--init', str(tmp_path/'nowhere')])
     with pytest.raises(CoincideError, match='not a model folder'): train_main(bad)
+
+
+def test_train_and_demo_take_a_device(cli, tmp_path):
+    for cmd in ('train', 'demo'):
+        res = cli(cmd, '--help')
+        assert res.returncode == 0 and '--device' in res.stdout, res.stdout
+    if not torch.cuda.is_available():
+        for args in (('train', '--bench', tmp_path, '--out', tmp_path/'run'), ('demo', '--out', tmp_path/'demo')):
+            res = cli(*args, '--device', 'cuda')
+            assert res.returncode == 2 and 'no CUDA GPU' in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    res = cli('demo', '--preset', 'power', '--from', tmp_path/'none.csv', '--out', tmp_path/'p')
+    assert res.returncode == 2 and 'run `coincide demo` first' in res.stderr, res.stderr
+
+
+def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path):
+    from coincide.training import setup_benchmark, pretrain_target, finetune, TrainConfig
+    setup = setup_benchmark(bench[0], vocab_size=200)
+    assert setup.pretrain is not None and len(setup.pretrain) == 32 and (setup.pretrain.image_index == -1).all()
+    pretrain_target(setup, tmp_path/'pre', 'test', device='cpu')
+    a, b = (finetune(setup, tmp_path/'pre', np.arange(8), TrainConfig(epochs=1, batch_size=4), seed=s, device='cpu') for s in (0, 1))
+    assert not _same(a, b)                                          # the seed changes stage 2's data order

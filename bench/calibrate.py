@@ -1,0 +1,92 @@
+"""Calibrate the demo's regime with Random and full data only, before any other method runs on a benchmark version.
+
+For one demo configuration (benchmark size N and the rest of `DemoConfig`), build the demo's benchmark and its
+pretrained target through the demo's own cached stages, train the target on all records and on Random subsets of
+each fraction for each seed (one epoch, `coincide.training.STAGE2`), and write every (fraction, seed) row with its
+relative performance (the demo's definition: mean over the scored suites of subset / full of the same seed).
+
+    python bench/calibrate.py --n-train 5000 --seeds 3 --out bench/results/calibration.csv
+
+Acceptance (issue 13): Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
+"""
+import argparse, hashlib, json, os, subprocess, time
+from dataclasses import asdict, replace
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import torch
+from coincide.benchmark import VERSION, benchmark_meta
+from coincide.baselines import random_select
+from coincide.core import budget_size, pick_device
+from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, target_stage, scored_suites,
+                           relative_per_seed)
+from coincide.training import STAGE1, STAGE2, VISION, TARGET_SEED
+from coincide.models import get_preset, PRESETS
+
+FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
+
+
+def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
+    "A hash of everything the regime depends on: benchmark params, demo sizes, training settings, target size."
+    blob = {'benchmark': bench_params, 'demo': {k: v for k, v in asdict(cfg).items() if k != 'methods'},
+            'stage1': asdict(STAGE1), 'stage2': asdict(STAGE2), 'vision': asdict(VISION), 'target_seed': TARGET_SEED,
+            'target': asdict(get_preset(cfg.target_preset))}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
+    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--fractions', type=float, nargs='+', default=FRACTIONS)
+    p.add_argument('--cache', default=os.path.expanduser('~/.cache/coincide/calibration'))
+    p.add_argument('--out', default='bench/results/calibration.csv')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--device', default=None)
+    p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = replace(DemoConfig(), n_train=a.n_train, seeds=a.seeds, methods=('random',))
+    if a.target:
+        w, l = map(int, a.target.split(','))
+        PRESETS[f'target-{w}x{l}'] = replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w)
+        cfg = replace(cfg, target_preset=f'target-{w}x{l}')
+    demo = Demo(cfg, Path(a.cache), pick_device(a.device).type)
+    t0 = time.perf_counter()
+    benchmark_stage(demo)
+    init = target_init_stage(demo)
+    print(f'benchmark and pretrained target: {time.perf_counter() - t0:.0f} s', flush=True)
+    n, rows = len(demo.train), []
+    for seed in range(cfg.seeds):
+        t = time.perf_counter()
+        rows.append({'method': 'full', 'fraction': 1.0, 'seed': seed, **target_stage(demo, 'full', None, seed, init)})
+        print(f'full seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
+        for f in a.fractions:
+            t = time.perf_counter()
+            idx = random_select(n, budget_size(n, f), seed)
+            rows.append({'method': f'random-{f:g}', 'fraction': f, 'seed': seed, **target_stage(demo, f'random-{f:g}', idx, seed, init)})
+            print(f'random {f:g} seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
+    per_seed = pd.DataFrame(rows)
+    suites = scored_suites(per_seed, demo.setup.chance, {s: len(r) for s, r in demo.setup.records.items()})
+    scored = suites.index[suites.scored].tolist()
+    per_seed['relative'] = relative_per_seed(per_seed, scored)
+    meta = benchmark_meta(demo.bench)
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    per_seed = per_seed.assign(benchmark_version=VERSION, design_hash=design_hash(cfg, meta['params']), n_train=n,
+                               n_eval=cfg.n_eval, n_pretrain=meta['params']['n_pretrain'], scored_suites=len(scored),
+                               device=demo.device, threads=a.threads, commit=commit,
+                               target=f"{get_preset(cfg.target_preset).text_hidden}x{get_preset(cfg.target_preset).text_layers}")
+    out = Path(a.out)
+    old = pd.read_csv(out) if out.is_file() else None
+    allrows = per_seed if old is None else pd.concat([old, per_seed], ignore_index=True)
+    allrows.to_csv(out, index=False, float_format='%.6g')
+    summary = per_seed.groupby('fraction')['relative'].agg(['mean', lambda s: s.std(ddof=1), 'count'])
+    summary.columns = ['relative', 'sd', 'seeds']
+    print(suites.round(3).to_string())
+    print(summary.round(2).to_string())
+    r20, r5 = summary.relative.get(0.2, np.nan), summary.relative.get(0.05, np.nan)
+    print(f'N={n} version {VERSION} design {per_seed.design_hash[0]}: Random 20 % {r20:.1f} (window 93-97), Random 5 % {r5:.1f} (at most 90): '
+          f"{'ACCEPTED' if 93 <= r20 <= 97 and r5 <= 90 else 'REJECTED'}; {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == '__main__': main()
