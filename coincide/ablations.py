@@ -98,13 +98,13 @@ def reference_variant(demo:Demo, # from `open_demo`
 
 # %% ../nbs/11_ablations.ipynb #c2dd54e4
 def _sweep(demo:Demo, run:Path, fractions:tuple, **kwargs) -> tuple: # (stage folder, fraction -> budget accounting)
-    "Run (or read back) one cached COINCIDE sweep: indices per fraction in the folder, budget accounting as its result."
-    from coincide.selection import select_sweep
+    "Run (or read back) one cached COINCIDE sweep: a verifiable selection folder per fraction, budget accounting as its result."
+    from coincide.selection import select_sweep, save_coincide_selection
     def build(f):
         res = select_sweep(run, list(fractions), progress=False, **kwargs)
-        for fr, (idx, _) in res.items(): save_npy(f/f'{fr}.npy', idx)
+        for fr, (idx, table) in res.items(): save_coincide_selection(f/f'fraction-{fr}', run, idx, table, fr, **kwargs)
         return {str(fr): {k: t.attrs[k] for k in ('budget', 'selected', 'paper_selected', 'shortfall')} for fr, (_, t) in res.items()}
-    return cached_stage(demo.cache, 'sweep', {'run': run.name, 'fractions': list(fractions), **kwargs}, build)
+    return cached_stage(demo.cache, 'sweep', {'run': run.name, 'fractions': list(fractions), 'manifests': True, **kwargs}, build)
 
 def coincide_sweep(demo:Demo, # from `open_demo`
                    run:Path, # a clustered run folder
@@ -113,7 +113,7 @@ def coincide_sweep(demo:Demo, # from `open_demo`
                   ) -> dict: # fraction -> (m,) int64 selected indices
     "COINCIDE selections of a run for several budgets from one greedy pass (cached)."
     folder, _ = _sweep(demo, run, fractions, **kwargs)
-    return {fr: load_npy(folder/f'{fr}.npy', mmap=False) for fr in fractions}
+    return {fr: load_npy(folder/f'fraction-{fr}'/'indices.npy', mmap=False) for fr in fractions}
 
 # %% ../nbs/11_ablations.ipynb #69e2fef3
 def budget_accounting(demo:Demo, run:Path, fractions:tuple, **kwargs) -> pd.DataFrame:
