@@ -116,7 +116,11 @@ def coincide_sweep(demo:Demo, # from `open_demo`
     return {fr: load_npy(folder/f'fraction-{fr}'/'indices.npy', mmap=False) for fr in fractions}
 
 # %% ../nbs/14_ablations.ipynb #69e2fef3
-def budget_accounting(demo:Demo, run:Path, fractions:tuple, **kwargs) -> pd.DataFrame:
+def budget_accounting(demo:Demo, # from `open_demo`
+                      run:Path, # a clustered run folder
+                      fractions:tuple, # budgets
+                      **kwargs, # selection settings (see `coincide.selection.select_sweep`)
+                     ) -> pd.DataFrame: # one row per fraction: budget, selected, paper_selected, shortfall, paper_share
     "Budget, records selected in exact mode, and records the paper's procedure would select, per fraction."
     t = pd.DataFrame(_sweep(demo, run, fractions, **kwargs)[1]).T.rename_axis('fraction').reset_index()
     return t.assign(paper_share=t.paper_selected / t.budget)
@@ -150,7 +154,8 @@ def with_relative(rows:list, # from `train_rows`, including the 'full' rows of e
     return df.assign(relative=relative_per_seed(df, suites))[lambda d: d.method != 'full'].reset_index(drop=True)
 
 # %% ../nbs/14_ablations.ipynb #960d4123
-def summarise_settings(df:pd.DataFrame) -> pd.DataFrame:
+def summarise_settings(df:pd.DataFrame, # rows from `with_relative`: ablation, setting, method, seed, relative
+                      ) -> pd.DataFrame: # ablation, setting, method, relative, sd, seeds
     "Mean and standard deviation over seeds (ddof 1) of the relative performance per ablation and setting, in run order."
     g = df.groupby(['ablation', 'setting', 'method'], sort=False)['relative']
     return g.agg(relative='mean', sd=lambda r: r.std(ddof=1), seeds='size').reset_index()
@@ -180,11 +185,13 @@ def plot_settings(df:pd.DataFrame): # COINCIDE rows of the 20 % ablations: ablat
 # %% ../nbs/14_ablations.ipynb #d4507024
 MARK = 'ABLATION_SUMMARY '
 
-def summary_line(summary:pd.DataFrame) -> str:
+def summary_line(summary:pd.DataFrame, # from `summarise_settings`
+                ) -> str:
     "The summary table as one line of JSON after `MARK`."
     return MARK + summary.round(3).to_json(orient='records')
 
-def committed_summary(nb_path:str|Path) -> pd.DataFrame|None: # None if the notebook has no saved summary
+def committed_summary(nb_path:str|Path, # a notebook file with saved outputs
+                     ) -> pd.DataFrame|None: # None if the notebook has no saved summary
     "The summary saved in the outputs of a notebook file."
     for cell in json.loads(Path(nb_path).read_text())['cells']:
         for o in cell.get('outputs', []):
@@ -193,7 +200,8 @@ def committed_summary(nb_path:str|Path) -> pd.DataFrame|None: # None if the note
     return None
 
 # %% ../nbs/14_ablations.ipynb #6e934629
-def compare_summaries(saved:pd.DataFrame, fresh:pd.DataFrame, # from `committed_summary` / `summarise_settings`
+def compare_summaries(saved:pd.DataFrame, # from `committed_summary`
+                      fresh:pd.DataFrame, # from `summarise_settings`
                       floor:float=0.5, # smallest tolerance, in points of relative performance
                      ) -> pd.DataFrame: # the rows that differ by more than their sd
     "Settings whose fresh mean differs from the saved mean by more than max(saved sd, fresh sd, floor)."

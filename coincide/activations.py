@@ -345,7 +345,8 @@ def _finished_batches(out:Path, i:int, n:int) -> int:
     return json.loads(p.read_text())['batches_done'] if p.exists() else 0
 
 def open_part(out:Path, # run folder
-              i:int, n:int, # shard I of N
+              i:int, # shard I (0-based)
+              n:int, # of N shards
               rows:np.ndarray, # (R,) record indices of the shard's rows, in its batch order
               dim:int, # feature length D
              ) -> tuple: # (memmap (R, D) float16, number of batches already done)

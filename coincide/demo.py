@@ -192,14 +192,19 @@ def _timed(fn):
     return build
 
 # %% ../nbs/13_demo.ipynb #6f1c45a1
-def run_stage(demo:Demo, name:str, params:dict, fn) -> tuple:
+def run_stage(demo:Demo, # the demo's state
+              name:str, # the stage
+              params:dict, # every parameter of the stage (see `stage_key`)
+              fn, # fn(folder) writes the stage's outputs; returns a JSON-ready dict or None
+             ) -> tuple: # (folder, result)
     "Run a timed, cached stage and record its key and time in `demo`; return (folder, result)."
     folder, res = cached_stage(demo.cache, name, params, _timed(fn))
     demo.keys[name], demo.seconds[name] = folder.name, res['seconds']
     return folder, res
 
 # %% ../nbs/13_demo.ipynb #f0d75e18
-def benchmark_stage(demo:Demo) -> Path:
+def benchmark_stage(demo:Demo, # the demo's state
+                   ) -> Path: # the benchmark folder
     "Generate (or reuse) the CPU benchmark and encode it once."
     from coincide.benchmark import make, load_benchmark
     from coincide.training import setup_benchmark
@@ -212,7 +217,8 @@ def benchmark_stage(demo:Demo) -> Path:
     return demo.bench
 
 # %% ../nbs/13_demo.ipynb #80983dad
-def reference_stage(demo:Demo) -> Path:
+def reference_stage(demo:Demo, # the demo's state, after `benchmark_stage`
+                   ) -> Path: # the reference model folder
     "Train the reference VLM (stage 1 on captions, then `REFERENCE` on all training records, seed 0); return its model folder."
     from coincide.training import STAGE1, REFERENCE, VISION, stage1, finetune
     from coincide.models import save_vlm
@@ -236,12 +242,14 @@ def cluster_stage(demo:Demo, # the demo's state
                   k:int, # clusters
                  ) -> tuple: # (clustered run folder, {'seconds': ...})
     "Cluster a cached run into `k` clusters with the paper's k-means settings (cached; the ablations reuse it)."
-    from coincide.clustering import cluster_run
+    from coincide.clustering import cluster_run, ClusterConfig
     def build(f): _link_run(f, demo.cache/run_key); cluster_run(f, k)
-    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': 50, 'seed': 1234}, _timed(build))
+    return cached_stage(demo.cache, 'cluster', {'extract': run_key, 'k': k, 'niter': ClusterConfig.niter, 'seed': ClusterConfig.seed}, _timed(build))
 
 # %% ../nbs/13_demo.ipynb #6b1594a9
-def coincide_stages(demo:Demo, ref_model:Path) -> tuple:
+def coincide_stages(demo:Demo, # the demo's state, after `benchmark_stage`
+                    ref_model:Path, # the reference model folder
+                   ) -> tuple: # (indices (m,) int64, seconds)
     "Extract, cluster and select with COINCIDE; return (indices, seconds of extract + cluster + select)."
     from coincide.activations import extract
     from coincide.selection import select_coincide, save_coincide_selection
@@ -265,7 +273,10 @@ SCORES_USED = {'random': (), 'clip-score': ('clip',), 'el2n': ('reference-pass',
                'self-filter': ('reference-pass', 'self-filter')}
 
 # %% ../nbs/13_demo.ipynb #28df8bc4
-def scores_stage(demo:Demo, ref_model:Path, target_init:Path) -> tuple:
+def scores_stage(demo:Demo, # the demo's state, after `benchmark_stage`
+                 ref_model:Path, # the reference model folder
+                 target_init:Path, # the pretrained target, whose losses Self-Filter's score network learns from
+                ) -> tuple: # (run folder, seconds per score family)
     "Compute every baseline score once; return (run folder holding RUN/scores, seconds per score family)."
     from coincide import baselines as bl
     from coincide.models import load_vlm
@@ -342,7 +353,8 @@ def plot_selection_diagnostics(table:pd.DataFrame, # from `selection_diagnostics
     return fig
 
 # %% ../nbs/13_demo.ipynb #88ccb968
-def target_init_stage(demo:Demo) -> Path:
+def target_init_stage(demo:Demo, # the demo's state, after `benchmark_stage`
+                     ) -> Path: # the pretrained target's model folder
     "The pretrained target (`coincide.training.pretrain_target`), built once before any selection and cached."
     from coincide.training import STAGE1, VISION, TARGET_SEED, pretrain_target
     params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
@@ -352,7 +364,12 @@ def target_init_stage(demo:Demo) -> Path:
     return folder/'model'
 
 # %% ../nbs/13_demo.ipynb #612c8a78
-def target_stage(demo:Demo, method:str, indices, seed:int, init:Path) -> dict:
+def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
+                 method:str, # 'full', 'coincide' or a baseline (names the cache entry)
+                 indices, # (m,) int64 selected records, None for the full data
+                 seed:int, # stage 2's seed (data order, LoRA initialisation)
+                 init:Path, # the pretrained target's model folder
+                ) -> dict: # suite -> accuracy
     "Instruction-tune the target on `indices` from the pretrained model `init` and evaluate it; suite -> accuracy."
     from coincide.training import STAGE2, finetune, evaluate_vlm
     s = demo.setup
@@ -443,7 +460,9 @@ def write_results(out:Path, # the demo's output folder
                    stage_seconds=demo.seconds, stage_keys=demo.keys)
 
 # %% ../nbs/13_demo.ipynb #d84bd488
-def plot_per_benchmark(per_seed:pd.DataFrame, suites:list):
+def plot_per_benchmark(per_seed:pd.DataFrame, # one row per (method, seed), one column per suite
+                       suites:list, # the suite columns
+                      ):
     "Bars of each method's accuracy on every suite (mean over seeds, with the spread)."
     import matplotlib.pyplot as plt, seaborn as sns
     long = per_seed.melt(id_vars=['method', 'seed'], value_vars=suites, var_name='suite', value_name='accuracy')
@@ -470,7 +489,8 @@ def plot_relative(table:pd.DataFrame): # from `summarise`
     return fig
 
 # %% ../nbs/13_demo.ipynb #03b53bea
-def demo_args(p):
+def demo_args(p, # an argparse.ArgumentParser, filled in place
+             ):
     "Arguments of `coincide demo`."
     p.add_argument('--preset', choices=('default', 'quick', 'power'), default='default',
                    help='default: all ten rows, 3 seeds; quick: a smaller benchmark and one seed (a first look); '
@@ -483,7 +503,8 @@ def demo_args(p):
     p.add_argument('--device', default=None, help='cpu, cuda, ... for training, extraction, scores and evaluation (default: cuda if available)')
 
 # %% ../nbs/13_demo.ipynb #4a17ecc0
-def demo_main(args) -> int:
+def demo_main(args, # parsed by a parser that `demo_args` set up
+             ) -> int: # exit status
     "Run `coincide demo` and print the results table."
     preset = 'quick' if args.quick else args.preset
     if preset == 'power' and not Path(args.from_).is_file():

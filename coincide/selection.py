@@ -398,13 +398,10 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
 # %% ../nbs/05_selection.ipynb #dbc98ca0
 def select_coincide(run_dir:str|Path, # run folder with embeddings, layout, centroids, assignments
                     fraction:float, # budget as a fraction of N, in (0, 1]
-                    tau:float=0.1, # softmax temperature
-                    sigma:float=1.0, # Gaussian kernel bandwidth
-                    mode:str='exact', # 'exact' (exactly floor(fraction N)) or 'paper' (the reference, with its shortfall)
-                    **kwargs, # transfer, transfer_columns, knn, density_mode, cache_bytes, progress, device, workers (see `select_sweep`)
+                    **settings, # tau, sigma, mode, transfer, transfer_columns, knn, density_mode, device, workers, ... (`select_sweep`'s keywords and defaults)
                    ) -> tuple: # (indices (m,) int64 sorted, per-cluster table with budget/shortfall in .attrs)
     "COINCIDE selection from a run folder: the selected record indices and the per-cluster table."
-    return select_sweep(run_dir, [fraction], tau, sigma, mode, **kwargs)[fraction]
+    return select_sweep(run_dir, [fraction], **settings)[fraction]
 
 # %% ../nbs/05_selection.ipynb #d9156f72
 def _table_csv(table) -> str:
