@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
+# Notebooks call the `coincide` command (`!coincide ...`): the venv's comes first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup demo test test-slow check-sync nbtest pytest outputs readme clean
