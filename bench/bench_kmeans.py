@@ -10,7 +10,7 @@ subsample (all N rows here, since 256 K > N), then assigning all N rows. The Ope
 in the benchmark's subprocesses, never in the library, the tests or CI. Prints one line per run and the ratios.
 
 Measured on the 2-core AMD EPYC (Zen 3) development machine, shared with other jobs, so take the ratios more
-seriously than the seconds (see the notebook 03_clustering for the numbers and the command that produced them).
+seriously than the seconds (see bench/results/clustering_speed.md for the numbers and the command that produced them).
 """
 import argparse, json, os, resource, subprocess, sys, time
 
