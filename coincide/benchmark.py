@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['VERSION', 'TAIL', 'SIZE', 'BG', 'COLOURS', 'SHAPES', 'WORDS', 'PHOTOS', 'YES_NO', 'DIGITS', 'SUMS', 'PLUS', 'COUNTS',
-           'RELATIONS', 'CELLS', 'SINGLES', 'OPPOSITES', 'THINGS', 'TASKS', 'SOURCES', 'SUITES', 'OWNED',
+           'RELATIONS', 'CELLS', 'SINGLES', 'OPPOSITES', 'THINGS', 'TASKS', 'SOURCES', 'SUITES', 'POOLS', 'OWNED',
            'digit_pixels', 'sklearn_digits', 'digit_pool', 'photo_pool', 'photo_crop', 'render_word', 'word_masks',
            'shape_mask', 'canvas', 'draw_single', 'draw_scene', 'blobs', 'kind_of', 'colour_of', 'Sample', 'pick_tail',
            'shape_turn', 'task_shape_recog', 'task_colour_recog', 'task_describe', 'task_dialog', 'task_count',
@@ -13,10 +13,10 @@ __all__ = ['VERSION', 'TAIL', 'SIZE', 'BG', 'COLOURS', 'SHAPES', 'WORDS', 'PHOTO
            'photo_turn', 'task_photo_recog', 'task_photo_verify', 'task_photo_choice', 'draw_word', 'word_turn',
            'task_read', 'task_text_colour', 'task_word_verify', 'task_text_qa', 'task_digit_multi', 'task_photo_multi',
            'task_word_multi', 'task_shape_multi', 'two_caption', 'task_caption', 'to_record', 'jitter', 'corrupt',
-           'source_sizes', 'gen_source', 'png_bytes', 'save_png', 'save_records', 'write_train', 'write_split',
-           'write_pretrain', 'suite_info', 'composition_counts', 'generator_versions', 'benchmark_params', 'write_meta',
-           'default_dir', 'is_done', 'generate', 'make', 'Benchmark', 'load_benchmark', 'load_pretrain',
-           'benchmark_meta', 'show_examples', 'source_table', 'benchmark_args', 'benchmark_main']
+           'source_sizes', 'gen_source', 'png_bytes', 'save_png', 'save_records', 'write_pool', 'write_split',
+           'suite_info', 'composition_counts', 'generator_versions', 'benchmark_params', 'write_meta', 'default_dir',
+           'is_done', 'generate', 'make', 'Benchmark', 'load_benchmark', 'load_pretrain', 'benchmark_meta',
+           'show_examples', 'source_table', 'benchmark_args', 'benchmark_main']
 
 # %% ../nbs/10_benchmark.ipynb #b298d916
 import functools, hashlib, json, os, shutil, struct, tempfile, zlib
@@ -33,7 +33,7 @@ from .data import load_records, open_image
 from .scoring import normalize_answer, reference_answer, accepted_answers, is_correct # re-exported: scoring lived here before coincide.scoring
 
 # %% ../nbs/10_benchmark.ipynb #bfef991d
-VERSION = 7 # bump when the generator's output changes for the same params
+VERSION = 8 # bump when the generator's output changes for the same params
 TAIL = 1.0 # Zipf exponent of the objects' frequencies in training (rank r drawn with weight 1 / r^TAIL)
 SIZE = 32 # images are SIZE x SIZE RGB
 BG = np.array([24, 24, 24], np.uint8) # background of drawn images
@@ -667,24 +667,28 @@ def save_records(path:Path, # the .json file to write
         f.write('[\n' + ',\n'.join(json.dumps(r, ensure_ascii=False) for r in records) + '\n]\n')
 
 # %% ../nbs/10_benchmark.ipynb #a34382b7
-def write_train(out:Path, # the benchmark folder being written
-                n:int, # training records
-                seed:int, # the benchmark's seed
-               ) -> dict: # truth: near-duplicates and noisy answers, by record id
-    "Generate, shuffle and write the training records and their images; return what is wrong with them."
-    (out/'images'/'train').mkdir(parents=True, exist_ok=True)
+POOLS = {'train': 0, 'pretrain': 4} # each pool's random streams: [seed, s, source] draws the records, [seed, s + 1] the order
+
+def write_pool(out:Path, # the benchmark folder being written
+               n:int, # records
+               seed:int, # the benchmark's seed
+               pool:str='train', # 'train' (`train.json`) or 'pretrain' (`pretrain.json`), each with its own image folder and random streams
+              ) -> dict: # truth: near-duplicates and noisy answers, by record id
+    "Generate, shuffle and write one pool of training records and their images; return what is wrong with them."
+    stream, prefix = POOLS[pool], '' if pool == 'train' else f'{pool}-'
+    (out/'images'/pool).mkdir(parents=True, exist_ok=True)
     recs, imgs, truth = [], [], {'near_duplicate_of': {}, 'noisy_answer': {}}
     for si, (name, k) in enumerate(source_sizes(n).items()):
-        samples, dup_of, noisy = gen_source(np.random.default_rng([seed, 0, si]), name, k)
-        ids = [f'{name}-{i:05d}' for i in range(k)]
+        samples, dup_of, noisy = gen_source(np.random.default_rng([seed, stream, si]), name, k)
+        ids = [f'{prefix}{name}-{i:05d}' for i in range(k)]
         truth['near_duplicate_of'].update({ids[i]: ids[j] for i, j in dup_of.items()})
         truth['noisy_answer'].update({ids[i]: a for i, a in noisy.items()})
         for rid, s in zip(ids, samples):
-            recs.append(to_record(s, rid, None if s.image is None else f'images/train/{rid}.png', source=name)); imgs.append(s.image)
-    order = np.random.default_rng([seed, 1]).permutation(len(recs))
-    for i in tqdm(order, desc='train images', leave=False):
+            recs.append(to_record(s, rid, None if s.image is None else f'images/{pool}/{rid}.png', source=name)); imgs.append(s.image)
+    order = np.random.default_rng([seed, stream + 1]).permutation(len(recs))
+    for i in tqdm(order, desc=f'{pool} images', leave=False):
         if imgs[i] is not None: save_png(out/recs[i]['image'], imgs[i])
-    save_records(out/'train.json', [recs[i] for i in order])
+    save_records(out/f'{pool}.json', [recs[i] for i in order])
     return truth
 
 # %% ../nbs/10_benchmark.ipynb #500d6503
@@ -707,23 +711,6 @@ def write_split(out:Path, # the benchmark folder being written
         if image: save_png(out/image, s.image)
         recs.append(to_record(s, rid, image, **fields))
     save_records(json_path, recs)
-    return n
-
-# %% ../nbs/10_benchmark.ipynb #7ae4c143
-def write_pretrain(out:Path, # the benchmark folder being written
-                   n:int, # records
-                   seed:int, # the benchmark's seed
-                  ) -> int: # n
-    "Write `pretrain.json`: `n` text-only records in instruction format from the sources' mix, disjoint from the training pool."
-    recs = []
-    for si, (name, k) in enumerate(source_sizes(n).items()):
-        rng = np.random.default_rng([seed, 4, si])
-        tasks = SOURCES[name][3]; names, w = list(tasks), np.array(list(tasks.values()), float)
-        for i, t in enumerate(rng.choice(len(names), k, p=w / w.sum())):
-            s = TASKS[names[t]][0](rng, 'train')
-            recs.append(to_record(Sample(None, [(q, a) for q, a in s.turns], s.concept, s.skill, None, s.obj, s.turn_skills),
-                                  f'pretrain-{name}-{i:05d}', None, source=name))
-    save_records(out/'pretrain.json', recs)
     return n
 
 # %% ../nbs/10_benchmark.ipynb #79418eb9
@@ -764,7 +751,7 @@ def benchmark_params(n_train:int=10_000, # training records
                      n_eval:int=200, # records per evaluation suite
                      n_captions:int=4_000, # caption records
                      seed:int=0, # everything random derives from it
-                     n_pretrain:int|None=None, # text records for pretraining the target's language model; None: n_train
+                     n_pretrain:int|None=None, # grounded records for pretraining the target (`pretrain.json`); None: n_train
                     ) -> dict: # the params recorded in benchmark.json and hashed into the cache folder's name
     "The parameters that determine a benchmark's bytes, checked before anything is generated."
     n_pretrain = n_train if n_pretrain is None else n_pretrain
@@ -778,7 +765,7 @@ def benchmark_params(n_train:int=10_000, # training records
 # %% ../nbs/10_benchmark.ipynb #546f953c
 def write_meta(out:Path, # the benchmark folder being written, every other file already in it
                params:dict, # from `benchmark_params`
-               truth:dict, # from `write_train`
+               truth:dict, # from `write_pool` of the training pool
                counts:dict, # records per file: train, captions, eval (suite -> count)
               ) -> dict: # the metadata written
     "Write `truth.json` and then, last and atomically, `benchmark.json` (its presence means the folder is complete)."
@@ -839,8 +826,9 @@ def generate(out:Path, # an empty folder
             ):
     "Write every file of a benchmark with `params` into the empty folder `out`, `benchmark.json` last."
     seed = params['seed']
-    truth = write_train(out, params['n_train'], seed)
-    counts = {'train': params['n_train'], 'pretrain': write_pretrain(out, params['n_pretrain'], seed),
+    truth = write_pool(out, params['n_train'], seed)
+    write_pool(out, params['n_pretrain'], seed, 'pretrain')
+    counts = {'train': params['n_train'], 'pretrain': params['n_pretrain'],
               'captions': write_split(out, 'captions', 'caption', params['n_captions'], np.random.default_rng([seed, 2]), 'train', out/'captions.json')}
     counts['eval'] = {s: write_split(out, s, t, params['n_eval'], np.random.default_rng([seed, 3, i]), 'eval', out/'eval'/f'{s}.json', benchmark=s)
                       for i, (s, (t, _)) in enumerate(tqdm(SUITES.items(), desc='eval suites', leave=False))}
@@ -860,7 +848,7 @@ def make(out_dir:str|Path|None=None, # the benchmark folder; None for the cache 
          seed:int=0, # everything random derives from it
          n_captions:int=4_000, # caption records for stage-1 alignment
          overwrite:bool=False, # replace a finished benchmark made with other params
-         n_pretrain:int|None=None, # text records for pretraining the target's language model (`pretrain.json`); None: n_train
+         n_pretrain:int|None=None, # grounded records for pretraining the target (`pretrain.json`); None: n_train
         ) -> Path: # the benchmark folder
     "Generate the benchmark into `out_dir` (train.json, captions.json, pretrain.json, eval/*.json, images/, benchmark.json), or reuse it."
     params = benchmark_params(n_train, n_eval, n_captions, seed, n_pretrain)
@@ -947,7 +935,7 @@ def benchmark_args(p, # the `argparse` parser of `coincide benchmark`
     p.add_argument('--n-eval', type=int, default=200, help='records per evaluation suite')
     p.add_argument('--n-captions', type=int, default=4_000, help='caption records for stage-1 alignment')
     p.add_argument('--seed', type=int, default=0, help='random seed')
-    p.add_argument('--n-pretrain', type=int, default=None, help='text records for pretraining the target (default: --n-train)')
+    p.add_argument('--n-pretrain', type=int, default=None, help='grounded records for pretraining the target (default: --n-train)')
     p.add_argument('--overwrite', action='store_true', help='replace a finished benchmark made with other params')
 
 def benchmark_main(args, # the parsed arguments of `benchmark_args`

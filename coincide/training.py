@@ -388,7 +388,7 @@ def pretrain_target(setup:BenchmarkSetup, # from `setup_benchmark` (of a benchma
                     seed:int=TARGET_SEED, # seeds the initial weights and the batch order
                     device:str|None=None, # 'cpu', 'cuda', or None for the best available
                    ):
-    "The pretrained target, built once before any selection: vision tower (stage 0), then captions and the disjoint text pool together."
+    "The pretrained target, built once before any selection: vision tower (stage 0), then captions and the disjoint grounded pool (`pretrain.json`) together."
     return stage1(setup, preset, STAGE1, seed, out_dir, device, VISION, text=True)
 
 # %% ../nbs/12_training.ipynb #4ef404a4
