@@ -37,6 +37,7 @@ def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
+    p.add_argument('--n-pretrain', type=int, default=DemoConfig().n_pretrain, help="grounded records the target is pretrained on (benchmark version 8)")
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--fractions', type=float, nargs='+', default=FRACTIONS)
     p.add_argument('--cache', default=os.path.expanduser('~/.cache/coincide/calibration'))
@@ -46,7 +47,7 @@ def main():
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = replace(DemoConfig(), n_train=a.n_train, seeds=a.seeds, methods=('random',))
+    cfg = replace(DemoConfig(), n_train=a.n_train, n_pretrain=a.n_pretrain, seeds=a.seeds, methods=('random',))
     if a.target:
         w, l = map(int, a.target.split(','))
         PRESETS[f'target-{w}x{l}'] = replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w)
