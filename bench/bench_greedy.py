@@ -4,7 +4,12 @@
 vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
 product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
 sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
-(tests/reference_greedy.py), checking that both make the same picks. Results go to bench/results/greedy.json.
+(tests/reference_greedy.py), checking that both make the same picks. Results go to bench/results/greedy.json,
+with the kernel rows the greedy computed (`kernel_rows_computed`, and per pick), the rows it took from the
+row-sum pass (`kernel_rows_known`), its BLAS batches, the float32 product timed again right after the greedy
+(`float32_gemm_after_s`, and `ratio_to_mean_gemm` against the mean of both), the time of the row-sum pass alone
+(`row_sums_s`, measured after), the BLAS threads and the load average before and after:
+the machine may be shared, so only ratios measured in one process are meaningful.
 """
 import argparse, json, os, sys, time
 from pathlib import Path
@@ -39,9 +44,20 @@ def main():
     _, t_floor = timed(lambda: x32 @ x32.T.copy())
     stats = {}
     picks, t_new = timed(greedy_mmd, x, args.m, stats=stats, device=args.device, cache_bytes=args.cache_mb << 20)
+    _, t_after = timed(lambda: x32 @ x32.T.copy())                # the floor again, right after: it drifts on a shared machine
+    from threadpoolctl import threadpool_info
     res = {'command': ' '.join(['python', 'bench/bench_greedy.py'] + sys.argv[1:]), 'n': args.n, 'd': args.d, 'm': args.m,
-           'device': args.device, 'cache_mb': args.cache_mb, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor, 'kernel_rows_computed': stats.get('rows'),
-           'blas_threads': os.environ.get('OPENBLAS_NUM_THREADS', 'default'), 'load_before': load0}
+           'device': args.device, 'cache_mb': args.cache_mb, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor,
+           'float32_gemm_after_s': t_after, 'ratio_to_mean_gemm': t_new / ((t_floor + t_after) / 2),
+           'kernel_rows_computed': stats.get('rows'), 'rows_per_pick': stats.get('rows', 0) / max(args.m, 1),
+           'kernel_rows_known': stats.get('known'), 'batches': stats.get('batches'),
+           'blas_threads': [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'],
+           'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', 'unset'), 'load_before': load0}
+    from coincide.transferability import kernel_row_buffer, on_device, unique_rows, weighted_row_sums
+    first, _, counts = unique_rows(x)
+    rows, known = kernel_row_buffer(len(first), args.cache_mb << 20)
+    _, res['row_sums_s'] = timed(weighted_row_sums, on_device(x[first], args.device), counts, rows=rows[:known])   # the row-sum pass alone
+    del rows
     if args.reference:
         sys.path.insert(0, str(ROOT/'tests'))
         import reference_greedy

@@ -15,55 +15,135 @@ import numpy as np
 from tqdm.auto import tqdm
 from .core import CoincideError, atomic_write, budget_size, load_npy, now_iso, save_npy, write_manifest
 from .data import check_indices, load_records, write_subset
-from .transferability import (ClusterRows, cluster_index, density_sums, gaussian_kernel, load_layout, on_device,
-                                      sq_norms, to_numpy, transferability, unique_rows, weighted_row_sums)
+from .transferability import (ClusterRows, cluster_index, density_sums, gaussian_kernel, is_tensor, kernel_row_buffer,
+                                      load_layout, on_device, sq_norms, to_numpy, transferability, unique_rows, weighted_row_sums)
 
 # %% ../nbs/05_selection.ipynb #f78c4135
 class _RowCache:
-    "Kernel rows k(u_a, .) of distinct rows a, computed in batches and kept within a memory bound."
+    "Kernel rows k(u_a, .) of distinct rows a, kept within a memory bound; the leading ones may come filled by the row-sum pass."
     def __init__(self, u:np.ndarray, # (q, d) float64 distinct rows
                  sigma:float, # kernel bandwidth
-                 cache_bytes:int, # memory for cached rows
-                 device:str|None=None, # None: numpy; else the torch device that computes the rows
-                 kernel:np.ndarray|None=None): # (q, q) the whole kernel if already computed (all rows cached, none computed)
-        self.u, self.sigma = on_device(u, device), sigma           # (q, d) float64, numpy or torch
-        self.sq = sq_norms(self.u)
-        q = len(u)
-        self.computed = 0
-        if kernel is not None:
-            self.cap, self.rows, self.slot, self.free = q, kernel, np.arange(q), []
-            return
-        self.cap = int(max(1, min(q, cache_bytes // (8 * max(q, 1)))))
-        self.rows = np.empty((self.cap, q))                       # (cap, q) float64
-        self.slot = np.full(q, -1, np.int64)
-        self.free = list(range(self.cap))[::-1]
+                 rows:np.ndarray, # (cap, q) float64 buffer for the cached rows
+                 known:int=0, # its first `known` rows already hold the kernel rows of distinct rows 0..known-1
+                 device:str|None=None): # None: numpy; else the torch device that computes the rows
+        self.u, self.sigma, self.rows = on_device(u, device), sigma, rows   # (q, d) float64, numpy or torch
+        self.sq = sq_norms(self.u); self.sq_np = to_numpy(self.sq)          # (q,)
+        self.slot = np.full(len(u), -1, np.int64); self.slot[:known] = np.arange(known)
+        self.free = list(range(len(rows) - 1, known - 1, -1))
+        self.lo = known                   # every distinct row below `lo` is cached or done: its column is read from its row
+        self.computed = self.batches = 0
+        self.u32 = None
 
-    def fill(self, ids:np.ndarray, f:np.ndarray):
-        "Compute and store the rows of `ids` (the first one is needed now), evicting the least promising cached rows."
-        ids = ids[:self.cap]
+    def fill(self, ids:np.ndarray, # (b,) distinct rows to compute, the one needed now first
+             f:np.ndarray): # (q,) the objective now, to choose what to evict
+        "Compute and store the rows of `ids` (columns below `lo` read from cached rows), evicting cached rows if needed."
+        ids = ids[:len(self.rows)]
         need = len(ids) - len(self.free)
-        if need > 0:
-            cached = np.flatnonzero(self.slot >= 0)
-            for e in cached[np.argsort(-f[cached], kind='stable')[:need]]: self.drop(e)
-        K = to_numpy(gaussian_kernel(self.u[ids], self.u, self.sigma, self.sq[ids], self.sq))   # (b, q)
+        if need > 0: self.evict(need, f)
+        lo = self.lo
+        K = np.empty((len(ids), len(self.slot)))                   # (b, q)
+        K[:, lo:] = to_numpy(gaussian_kernel(self.u[ids], self.u[lo:], self.sigma, self.sq[ids], self.sq[lo:]))
+        K[:, :lo] = self.known_columns(ids)
         K[np.arange(len(ids)), ids] = 1.0                          # k(x, x) = 1 exactly
-        for i, a in enumerate(ids):
-            s = self.free.pop(); self.slot[a] = s; self.rows[s] = K[i]
-        self.computed += len(ids)
+        slots = [self.free.pop() for _ in ids]
+        self.slot[ids] = slots; self.rows[slots] = K
+        self.computed += len(ids); self.batches += 1
+
+    def known_columns(self, ids:np.ndarray, # (b,) distinct rows at or above `lo`
+                     ) -> np.ndarray: # (b, lo) float64 k(u_a, u_c) for c < lo (0 where c is done)
+        "Columns below `lo` of the rows of `ids`, read from the cached rows of those columns (the kernel is symmetric)."
+        s = self.slot[:self.lo]; ok = s >= 0
+        out = np.zeros((len(ids), self.lo))
+        out[:, ok] = self.rows[np.ix_(s[ok], ids)].T
+        return out
+
+    def evict(self, need:int, # slots to free
+              f:np.ndarray): # (q,) the objective now
+        "Free `need` slots: rows at or above `lo` first, and in each group the least promising (largest objective) first."
+        cached = np.flatnonzero(self.slot >= 0)
+        for e in cached[np.lexsort((-f[cached], cached < self.lo))[:need]]:
+            self.drop(e); self.lo = min(self.lo, int(e))
 
     def drop(self, a:int):
         "Forget the row of distinct row `a`."
         if self.slot[a] >= 0: self.free.append(int(self.slot[a])); self.slot[a] = -1
 
+    def single(self): # (q, d) float32 copy of the distinct rows, numpy or torch
+        "The distinct rows in float32 (made once), for the look-ahead's approximate kernel."
+        if self.u32 is None: self.u32 = self.u.float() if is_tensor(self.u) else self.u.astype(np.float32)
+        return self.u32
+
 # %% ../nbs/05_selection.ipynb #7457c40b
-def _next_batch(a:int, f:np.ndarray, cache:_RowCache, size:int) -> np.ndarray:
-    "Distinct row `a` followed by up to size-1 uncached candidates with the smallest objective."
-    g = f.copy(); g[cache.slot >= 0] = np.inf; g[a] = np.inf      # (q,)
-    k = int(min(size - 1, np.isfinite(g).sum()))
-    if k <= 0: return np.array([a])
-    best = np.argpartition(g, k - 1)[:k] if k < len(g) else np.arange(len(g))
-    best = best[np.isfinite(g[best])]
-    return np.concatenate([[a], best[np.argsort(g[best], kind='stable')]])
+def _smallest(v:np.ndarray, # (q,) values, inf where excluded
+              k:int) -> np.ndarray: # (<= k,) positions of the k smallest finite values, in no order
+    "Positions of the k smallest finite values of `v` (fewer if fewer are finite)."
+    k = int(min(k, np.count_nonzero(v < np.inf)))
+    if k == 0: return np.zeros(0, np.int64)
+    return np.argpartition(v, k - 1)[:k] if k < len(v) else np.arange(len(v))
+
+def _look_ahead_pool(a:int, # the distinct row just picked
+                     f:np.ndarray, # (q,) the objective now (inf where done)
+                     cached:np.ndarray, # (q,) bool: the row is cached
+                     size:int, # candidates in the pool
+                    ) -> np.ndarray: # (T,) distinct rows, `a` among them
+    "The candidates the look-ahead follows: the `size` with the smallest objective, of which at most `size // 2` uncached (the best ones)."
+    g = f.copy(); g[a] = -np.inf                                   # (q,) a always in
+    best = _smallest(g, size)
+    unc = best[~cached[best]]
+    return np.concatenate([best[cached[best]], unc[_smallest(g[unc], max(1, size // 2))]])
+
+class _PoolKernel:
+    "Kernel rows inside a look-ahead pool: exact from a cached row where either side has one, else from float32 dot products."
+    def __init__(self, cache:_RowCache, # the row cache
+                 C:np.ndarray): # (T,) the pool's distinct rows
+        self.cache, self.C = cache, C
+        self.sl = cache.slot[C]; self.cached = self.sl >= 0          # (T,)
+        self.unc = np.flatnonzero(~self.cached)                      # (Tu,)
+        self.uc = cache.single()[C[self.unc]]                        # (Tu, d) float32
+        self.sq = cache.sq_np[C]                                     # (T,)
+
+    def row(self, j:int, # pool position
+           ) -> np.ndarray: # (T,) float64 k(C[j], C), approximate where neither side is cached
+        "The look-ahead's kernel row of pool member `j`."
+        cache, C, p = self.cache, self.C, self.C[j]
+        if self.sl[j] >= 0: return cache.rows[self.sl[j], C]
+        out = np.empty(len(C))
+        out[self.cached] = cache.rows[self.sl[self.cached], p]
+        dot = to_numpy(self.uc @ cache.single()[p]).astype(np.float64)        # (Tu,)
+        out[self.unc] = np.exp(-np.maximum(self.sq[j] + self.sq[self.unc] - 2.0 * dot, 0.0) / (2.0 * cache.sigma ** 2))
+        out[j] = 1.0
+        return out
+
+# %% ../nbs/05_selection.ipynb #4921076d
+def _predicted_batch(a:int, # distinct row just picked (pick number t), its row not cached
+                     f:np.ndarray, # (q,) the objective at step t
+                     b:np.ndarray, # (q,) sums of the kernel rows of picks 0..t-1
+                     A:float, # kernel sum over pairs of picks 0..t-1
+                     R:float, # sum of r over picks 0..t-1
+                     t:int, # the step
+                     left:np.ndarray, # (q,) members not yet picked per distinct row, a's pick counted
+                     r_u:np.ndarray, # (q,) kernel row sums
+                     n:int, # members of the cluster
+                     m:int, # picks wanted
+                     cache:_RowCache, # the row cache
+                     size:int, # most rows to return
+                     pool:int, # candidates the look-ahead follows
+                    ) -> np.ndarray: # (<= size,) distinct rows: a, then the uncached rows the greedy is predicted to pick
+    "Row `a` and the uncached rows the greedy will probably pick next: the greedy run ahead on a pool of the best candidates."
+    if size <= 1: return np.array([a])
+    C = _look_ahead_pool(a, f, cache.slot >= 0, pool)
+    K = _PoolKernel(cache, C)
+    bs, ls, rc = b[C], left[C], r_u[C]                             # (T,) the look-ahead's own running sums
+    j, out = int(np.flatnonzero(C == a)[0]), [a]
+    for s in range(t + 1, min(m, t + 4 * size)):
+        A += 2.0 * bs[j] + 1.0; R += rc[j]; bs = bs + K.row(j)
+        fs = (A + 2.0 * bs + 1.0) / (s + 1) ** 2 - 2.0 * (R + rc) / (n * (s + 1)); fs[ls == 0] = np.inf
+        j = int(np.argmin(fs))
+        if fs[j] == np.inf: break
+        ls[j] -= 1
+        if K.sl[j] < 0 and C[j] not in out: out.append(int(C[j]))
+        if len(out) == size: break
+    return np.array(out)
 
 # %% ../nbs/05_selection.ipynb #1842834f
 def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
@@ -72,18 +152,20 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
                     r_u:np.ndarray, # (q,) kernel row sum of each distinct row over all n members
                     m:int, # how many members to pick, 0 <= m <= n
                     sigma:float=1.0, # kernel bandwidth
-                    cache_bytes:int=1<<30, # memory for cached kernel rows (at most q x q x 8 bytes are used)
-                    batch:int=64, # kernel rows computed per BLAS product
+                    cache_bytes:int=1<<30, # memory for cached kernel rows when `rows` is not given (at most q x q x 8 bytes are used)
+                    batch:int=32, # most kernel rows computed per BLAS product
+                    pool:int=4096, # candidates the look-ahead follows (float32 dot products for at most half of them)
                     device:str|None=None, # None: numpy; else the torch device that computes the kernel rows
-                    stats:dict|None=None, # if given, 'rows' is set to the number of kernel rows computed
-                    kernel:np.ndarray|None=None, # (q, q) float64 the whole kernel of `u` if the density pass kept it
+                    stats:dict|None=None, # if given, set to rows (kernel rows computed), batches (BLAS products) and known
+                    rows:np.ndarray|None=None, # (cap, q) float64 row buffer from `kernel_row_buffer`, used as the cache
+                    known:int=0, # the first `known` rows of `rows` hold kernel rows (filled by the row-sum pass)
                    ) -> np.ndarray: # (m,) int64 member positions in pick order
     "Greedy MMD with running sums over distinct rows; the picks equal the from-scratch greedy's."
     q, n = len(u), int(np.sum(counts))
     members = np.argsort(inv, kind='stable')                      # (n,) members grouped by distinct row, ascending
     ptr = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     left, done = np.asarray(counts, np.int64).copy(), np.zeros(q, bool)
-    cache = _RowCache(u, sigma, cache_bytes, device, kernel)
+    cache = _RowCache(u, sigma, kernel_row_buffer(q, cache_bytes)[0] if rows is None else rows, known, device)
     b, f, tmp = np.zeros(q), np.empty(q), np.empty(q)
     A = R = 0.0
     picks = np.empty(m, np.int64)
@@ -95,11 +177,11 @@ def greedy_distinct(u:np.ndarray, # (q, d) float64 distinct rows of the cluster
         ties = np.flatnonzero(f == f[a])
         if len(ties) > 1: a = int(ties[np.argmin(members[ptr[ties]])])          # lowest member position
         picks[t] = members[ptr[a]]; ptr[a] += 1; left[a] -= 1
-        if cache.slot[a] < 0: cache.fill(_next_batch(a, f, cache, min(batch, m - t + 1)), f)
+        if cache.slot[a] < 0: cache.fill(_predicted_batch(a, f, b, A, R, t, left, r_u, n, m, cache, min(batch, m - t), pool), f)
         A += 2.0 * b[a] + 1.0; R += r_u[a]
         b += cache.rows[cache.slot[a]]
         if left[a] == 0: done[a] = True; cache.drop(a)
-    if stats is not None: stats['rows'] = cache.computed
+    if stats is not None: stats.update(rows=cache.computed, batches=cache.batches, known=known)
     return picks
 
 # %% ../nbs/05_selection.ipynb #811af5de
@@ -108,9 +190,10 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
                sigma:float=1.0, # Gaussian kernel bandwidth
                r:np.ndarray|None=None, # (n,) kernel row sums if already known (from the density pass)
                cache_bytes:int=1<<30, # memory for cached kernel rows (at most n x n x 8 bytes are used)
-               batch:int=64, # kernel rows per BLAS product
+               batch:int=32, # most kernel rows per BLAS product
+               pool:int=4096, # candidates the look-ahead follows
                device:str|None=None, # None: numpy; else the torch device ('cpu', 'cuda') that computes the kernel
-               stats:dict|None=None, # if given, 'rows' is set to the number of kernel rows computed
+               stats:dict|None=None, # if given, set to rows (kernel rows the greedy computed), batches and known (rows from the row-sum pass)
               ) -> np.ndarray: # (m,) int64 member positions in pick order
     "Greedy MMD prototypes of one cluster: the member positions in pick order."
     n = len(x)
@@ -119,8 +202,10 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
     if m == 0: return np.zeros(0, np.int64)
     first, inv, counts = unique_rows(x)
     u = np.asarray(x if len(first) == n else x[first], np.float64)   # (q, d) distinct rows
-    r_u = to_numpy(weighted_row_sums(on_device(u, device), counts, sigma)) if r is None else np.asarray(r, np.float64)[first]
-    return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch, device, stats)
+    rows, known = kernel_row_buffer(len(u), cache_bytes)            # (cap, q): the row-sum pass fills the first `known`
+    if r is None: r_u = to_numpy(weighted_row_sums(on_device(u, device), counts, sigma, rows=rows[:known]))
+    else: r_u, known = np.asarray(r, np.float64)[first], 0
+    return greedy_distinct(u, counts, inv, r_u, m, sigma, cache_bytes, batch, pool, device, stats, rows, known)
 
 # %% ../nbs/05_selection.ipynb #e04aa350
 def softmax_weights(score:np.ndarray, # (k,) S / D
@@ -278,12 +363,12 @@ def density_pass(path:Path, # the embeddings .npy
                  cache_bytes:int, # memory for greedy kernel rows
                  device:str|None, # None: numpy; else a torch device
                 ) -> tuple: # (D, r (n,) kernel row sums, picks (guess,) record indices or None, seconds per part)
-    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (and one kernel if it is small)."
+    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (the greedy starts from the kernel rows the density kept)."
     import time
     t0 = time.perf_counter(); x = _reader(path)(rows)
-    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True)
+    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True, keep_bytes=cache_bytes if guess > 0 else 0)
     t2 = time.perf_counter()
-    picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, cache_bytes, device=device, kernel=p['kernel'])] if guess > 0 else None
+    picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, device=device, rows=p['rows'], known=p['known'])] if guess > 0 else None
     return D, r, picks, {'read': t1 - t0, 'kernel sums': t2 - t1, 'greedy': time.perf_counter() - t2}
 
 def greedy_pass(path:Path, # the embeddings .npy

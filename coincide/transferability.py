@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['check_layout', 'load_layout', 'block_columns', 'is_tensor', 'on_device', 'to_numpy', 'transferability', 'unique_rows',
-           'sq_norms', 'gaussian_kernel', 'weighted_row_sums', 'density_sums', 'density', 'cluster_index',
-           'nonfinite_rows', 'ClusterRows', 'cluster_densities', 'plot_transfer_density', 'plot_share_distribution',
-           'synthetic_run']
+           'sq_norms', 'gaussian_kernel', 'weighted_row_sums', 'kernel_row_buffer', 'density_sums', 'density',
+           'cluster_index', 'nonfinite_rows', 'ClusterRows', 'cluster_densities', 'plot_transfer_density',
+           'plot_share_distribution', 'synthetic_run']
 
 # %% ../nbs/04_transferability.ipynb #7152e7c7
 import json, math
@@ -189,7 +189,7 @@ def gaussian_kernel(a:np.ndarray, # (p, d) float64 rows (numpy, or a torch tenso
     a_sq = sq_norms(a) if a_sq is None else a_sq
     b_sq = sq_norms(b) if b_sq is None else b_sq
     d2 = _dot_rows(a, b)                                           # (p, q)
-    d2 *= -2.0; d2 += a_sq[:, None]; d2 += b_sq[None, :]
+    d2 *= -2.0; d2 += a_sq[:, None] + b_sq[None, :]                # norms added first: k(x, y) and k(y, x) round alike
     if is_tensor(d2): return d2.clamp_(min=0.0).mul_(-1.0 / (2.0 * sigma * sigma)).exp_()
     np.maximum(d2, 0.0, out=d2)
     d2 *= -1.0 / (2.0 * sigma * sigma)
@@ -200,44 +200,65 @@ def _sum_product(spec:str, a:np.ndarray, b:np.ndarray) -> np.ndarray:
     "A weighted sum in numpy's own loops (`np.einsum`), not BLAS: its rounding does not depend on the number of BLAS threads."
     return (a @ b) if is_tensor(a) else np.einsum(spec, a, b)
 
+def _keep_rows(rows:np.ndarray, # (k, q) float64 the first k kernel rows, being filled
+               Kb:np.ndarray, # (i1 - i0, j1 - j0) float64 kernel of rows i0:i1 against rows j0:j1, j0 >= i0
+               i0:int, i1:int, j0:int, j1:int): # the block's rows and columns
+    "Copy into `rows` what one block holds of the first k kernel rows: its rows, and (above the diagonal) its columns, transposed."
+    k = len(rows)
+    if i0 < k: rows[i0:min(i1, k), j0:j1] = Kb[:min(i1, k) - i0]
+    if i0 < j0 < k: rows[j0:min(j1, k), i0:i1] = Kb[:, :min(j1, k) - j0].T
+
 def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a torch tensor)
                       w:np.ndarray, # (q,) multiplicity of each row
                       sigma:float=1.0, # kernel bandwidth
-                      block_entries:int=1<<22, # kernel entries per block (32 MB in float64)
-                      keep:bool=False, # also return the q x q kernel when it is computed as one block (else None)
-                     ) -> np.ndarray: # (q,) float64 r_a = sum_b w_b k(u_a, u_b), the same kind as `u`; with keep, (r, kernel)
-    "Kernel row sums of distinct rows with multiplicities, one symmetric pass in blocks, never q x q."
+                      block_entries:int=1<<20, # kernel entries per block (a square of 1,024 x 1,024: 8 MB in float64)
+                      rows:np.ndarray|None=None, # (k, q) float64 buffer (k <= q): filled with the kernel rows of the first k distinct rows
+                     ) -> np.ndarray: # (q,) float64 r_a = sum_b w_b k(u_a, u_b), the same kind as `u`
+    "Kernel row sums of distinct rows with multiplicities, one pass over the square blocks on and above the diagonal, never q x q."
     q = len(u)
     if is_tensor(u):
         import torch
         w, r, arange = torch.as_tensor(np.asarray(w, np.float64), device=u.device), torch.zeros(q, dtype=u.dtype, device=u.device), lambda k: torch.arange(k, device=u.device)
     else: w, r, arange = np.asarray(w, np.float64), np.zeros(q), np.arange
     sq = sq_norms(u)
-    step = max(32, block_entries // max(q, 1))
-    for i0 in range(0, q, step):
-        i1 = min(q, i0 + step)
-        Kb = gaussian_kernel(u[i0:i1], u[i0:], sigma, sq[i0:i1], sq[i0:])   # (b, q - i0)
-        Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0                           # k(x, x) = 1 exactly
-        r[i0:i1] += _sum_product('ij,j->i', Kb, w[i0:])                      # rows: this block and all later columns
-        r[i1:] += _sum_product('i,ij->j', w[i0:i1], Kb[:, i1 - i0:])         # columns of the later blocks (symmetry)
-    return (r, Kb if step >= q else None) if keep else r
+    s = max(32, math.isqrt(block_entries))
+    for i0 in range(0, q, s):
+        i1 = min(q, i0 + s)
+        for j0 in range(i0, q, s):
+            j1 = min(q, j0 + s)
+            uj = u[j0:j1].copy() if j0 == i0 and not is_tensor(u) else u[j0:j1]   # a copy: a general product, never a symmetric one
+            Kb = gaussian_kernel(u[i0:i1], uj, sigma, sq[i0:i1], sq[j0:j1])      # (b, b')
+            if j0 == i0: Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0              # k(x, x) = 1 exactly
+            r[i0:i1] += _sum_product('ij,j->i', Kb, w[j0:j1])                    # the block's rows
+            if j0 > i0: r[j0:j1] += _sum_product('i,ij->j', w[i0:i1], Kb)        # and, above the diagonal, its columns (symmetry)
+            if rows is not None and i0 < len(rows): _keep_rows(rows, to_numpy(Kb), i0, i1, j0, j1)
+    return r
+
+def kernel_row_buffer(q:int, # distinct rows of the cluster
+                      nbytes:int, # memory for the buffer (at least one row is always given)
+                     ) -> tuple: # (rows (cap, q) float64 uninitialised, known: how many leading rows the row-sum pass fills)
+    "A buffer for cached kernel rows within `nbytes`, and how many the row-sum pass fills: all q if the whole kernel fits, else 15/16 of it (the rest is room for later rows)."
+    cap = int(max(1, min(q, nbytes // (8 * max(q, 1)))))
+    return np.empty((cap, q)), (q if cap >= q else cap - max(1, cap // 16))
 
 # %% ../nbs/04_transferability.ipynb #e30581d3
 def density_sums(x:np.ndarray, # (n, d) one cluster's rows (float16/32/64)
                  sigma:float=1.0, # kernel bandwidth
-                 block_entries:int=1<<22, # kernel entries per block
+                 block_entries:int=1<<20, # kernel entries per block
                  device:str|None=None, # None: numpy; else the torch device that computes the kernel
-                 keep:bool=False, # also return the distinct rows and their kernel, for a greedy MMD that follows
+                 keep:bool=False, # also return the distinct rows and leading kernel rows, for a greedy MMD that follows
+                 keep_bytes:int=1<<30, # with keep: memory for the kept kernel rows (see `kernel_row_buffer`)
                 ) -> tuple: # (D float, r (n,) float64 kernel row sums of every member[, parts dict with keep])
     "Density D = mean of k over all n^2 member pairs, and each member's kernel row sum r."
     if len(x) == 0: raise CoincideError("density of an empty cluster is undefined (empty clusters are dropped before this)")
     first, inv, cnt = unique_rows(x)
     u = on_device(x if len(first) == len(x) else x[first], device)   # (q, d) distinct rows (no copy of x when all are)
-    r_u, K = weighted_row_sums(u, cnt, sigma, block_entries, keep=True)   # (q,), (q, q) or None
-    r_u, n = to_numpy(r_u), len(x)
+    rows, known = kernel_row_buffer(len(first), keep_bytes) if keep else (None, 0)
+    r_u = to_numpy(weighted_row_sums(u, cnt, sigma, block_entries, None if rows is None else rows[:known]))   # (q,)
+    n = len(x)
     D = float(np.einsum('i,i->', cnt.astype(np.float64), r_u)) / (n * n)
     if not keep: return D, r_u[inv]
-    return D, r_u[inv], {'first': first, 'inv': inv, 'counts': cnt, 'u': u, 'r_u': r_u, 'kernel': None if K is None else to_numpy(K)}
+    return D, r_u[inv], {'first': first, 'inv': inv, 'counts': cnt, 'u': u, 'r_u': r_u, 'rows': rows, 'known': known}
 
 def density(x:np.ndarray, # (n, d) one cluster's rows
             sigma:float=1.0, # kernel bandwidth

@@ -47,9 +47,11 @@ def naive_greedy(K, m):
         vals = np.array([Kxx + K[np.ix_(sel + [c], sel + [c])].mean() - 2 * K[:, sel + [c]].mean() for c in cands])
         best = int(np.argmin(vals))
         if len(vals) > 1:
-            rest = np.delete(vals, best)
-            # duplicates of the best row tie exactly by design; ignore exact ties in the gap
-            diff = np.abs(rest - vals[best]); diff = diff[diff > 0]
+            rest, others = np.delete(vals, best), np.delete(cands, best)
+            # duplicates of the best row (equal kernel rows) tie exactly by design and are left out of the gap; an exact tie
+            # with a different row (a symmetry of the data, e.g. any two rows when n = 2) is a gap of 0: rounding decides it
+            dup = np.array([np.array_equal(K[c], K[cands[best]]) for c in others])
+            diff = np.abs(rest - vals[best])[~dup]
             if len(diff): gap = min(gap, diff.min() / max(abs(vals[best]), 1e-300))
         sel.append(cands[best])
     return np.array(sel, np.int64), gap

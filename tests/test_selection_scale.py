@@ -7,7 +7,7 @@ import reference_greedy
 from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide
 from coincide.transferability import density_sums, synthetic_run
-from naive_coincide import load_run, naive_select
+from naive_coincide import load_run, naive_greedy, naive_kernel, naive_select
 
 try:
     import torch
@@ -47,12 +47,29 @@ def test_greedy_ties_lowest_position_with_many_duplicates():
     assert all(v == sorted(v) for v in first.values())                             # equal rows are taken in position order
 
 
+def test_predicted_batches_keep_picks_on_near_ties():
+    """30 points repeated 5 times each, most copies moved by 1e-6, the rest exact duplicates: near-ties everywhere (the smallest
+    relative gap is ~1e-8). The look-ahead decides which rows are computed, never the picks: the same with any batch, pool and cache."""
+    rng = np.random.default_rng(11)
+    n = 150
+    x = (cluster(30, 24, 11, dtype=np.float64)[rng.integers(0, 30, n)] + 1e-6 * rng.normal(size=(n, 24)) * (rng.random((n, 1)) < 0.7)).astype(np.float32)
+    want, gap = naive_greedy(naive_kernel(x, 1.0), 100)
+    assert 1e-12 < gap < 1e-6, gap                                                  # near-ties, yet far above rounding
+    np.testing.assert_array_equal(reference_greedy.greedy_mmd(x, 100), want)
+    for cache_bytes, batch, pool in ((1 << 30, 32, 4096), (8 * n * 20, 16, 64), (8 * n * 20, 32, 6), (8 * n * 20, 1, 4096)):
+        stats = {}
+        np.testing.assert_array_equal(greedy_mmd(x, 100, cache_bytes=cache_bytes, batch=batch, pool=pool, stats=stats), want)
+        assert cache_bytes > 8 * n * n or (stats['known'] == 21 and stats['batches'] > 20)   # 22 rows of cache: most picks need a batch
+
+
 def test_torch_cpu_picks_equal_numpy():
     pytest.importorskip('torch')
     for case in CLUSTERS[:4]:
         x = cluster(**case)
         m = len(x) // 4
         np.testing.assert_array_equal(greedy_mmd(x, m, device='cpu'), greedy_mmd(x, m))
+        small = 8 * len(x) * 60                                                     # 60 rows: the look-ahead and batches on torch too
+        np.testing.assert_array_equal(greedy_mmd(x, m, device='cpu', cache_bytes=small), greedy_mmd(x, m, cache_bytes=small))
 
 
 @pytest.mark.parametrize('case', [dict(seed=0), dict(seed=3, n=300, k=15, dup=40, dtype=np.float32), dict(seed=2, n=250, k=8, d=12, empty=3)])
