@@ -66,7 +66,8 @@ def test_exact_mode_properties_and_bytes(seed, n, k, zipf, fraction, tau, dup):
         assert len(exact) == budget_size(n, fraction, 'exact')
         assert len(np.unique(exact)) == len(exact) and (np.diff(exact) > 0).all()
         assert (table['taken'] <= table['size']).all() and table['taken'].sum() == len(exact)
-        assert set(paper.tolist()) <= set(exact.tolist())
+        if budget_size(n, fraction, 'exact') >= budget_size(n, fraction, 'paper'):   # float rounding can give int(f n) one more than
+            assert set(paper.tolist()) <= set(exact.tolist())                    # the exact floor (f = 0.3333333333333333, n = 69: 23 > 22)
         a = np.load(run/'assignments.npy')
         np.testing.assert_array_equal(np.bincount(a[exact], minlength=a.max() + 1)[table['cluster']], table['taken'])
         for out in ('a', 'b'):
