@@ -33,7 +33,7 @@ from .data import load_records, open_image
 from .scoring import normalize_answer, reference_answer, accepted_answers, is_correct # re-exported: scoring lived here before coincide.scoring
 
 # %% ../nbs/10_benchmark.ipynb #bfef991d
-VERSION = 8 # bump when the generator's output changes for the same params
+VERSION = 9 # bump when the generator's output changes for the same params
 TAIL = 1.0 # Zipf exponent of the objects' frequencies in training (rank r drawn with weight 1 / r^TAIL)
 SIZE = 32 # images are SIZE x SIZE RGB
 BG = np.array([24, 24, 24], np.uint8) # background of drawn images
@@ -615,9 +615,11 @@ def corrupt(rng:np.random.Generator, # the source's random stream
 
 # %% ../nbs/10_benchmark.ipynb #1e3b9505
 def source_sizes(n:int, # training records
-                ) -> dict: # source name -> its records
+                 left_out:tuple=(), # sources that get no records (the others' shares are scaled up)
+                ) -> dict: # source name -> its records (0 for those left out)
     "Records per source for `n` training records: shares rounded by largest remainder, summing to `n`."
-    raw = np.array([s[0] for s in SOURCES.values()]) * n
+    share = np.array([0.0 if name in left_out else s[0] for name, s in SOURCES.items()])
+    raw = (share / share.sum() if left_out else share) * n
     k = np.floor(raw).astype(int)
     k[np.argsort(-(raw - k), kind='stable')[:n - k.sum()]] += 1
     return dict(zip(SOURCES, k.tolist()))
@@ -667,7 +669,7 @@ def save_records(path:Path, # the .json file to write
         f.write('[\n' + ',\n'.join(json.dumps(r, ensure_ascii=False) for r in records) + '\n]\n')
 
 # %% ../nbs/10_benchmark.ipynb #a34382b7
-POOLS = {'train': 0, 'pretrain': 4} # each pool's random streams: [seed, s, source] draws the records, [seed, s + 1] the order
+POOLS = {'train': (0, ()), 'pretrain': (4, ('words',))} # pool -> (its random streams: [seed, s, source] draws the records, [seed, s + 1] the order; sources left out)
 
 def write_pool(out:Path, # the benchmark folder being written
                n:int, # records
@@ -675,10 +677,11 @@ def write_pool(out:Path, # the benchmark folder being written
                pool:str='train', # 'train' (`train.json`) or 'pretrain' (`pretrain.json`), each with its own image folder and random streams
               ) -> dict: # truth: near-duplicates and noisy answers, by record id
     "Generate, shuffle and write one pool of training records and their images; return what is wrong with them."
-    stream, prefix = POOLS[pool], '' if pool == 'train' else f'{pool}-'
+    (stream, left_out), prefix = POOLS[pool], '' if pool == 'train' else f'{pool}-'
     (out/'images'/pool).mkdir(parents=True, exist_ok=True)
     recs, imgs, truth = [], [], {'near_duplicate_of': {}, 'noisy_answer': {}}
-    for si, (name, k) in enumerate(source_sizes(n).items()):
+    for si, (name, k) in enumerate(source_sizes(n, left_out).items()):
+        if k == 0: continue
         samples, dup_of, noisy = gen_source(np.random.default_rng([seed, stream, si]), name, k)
         ids = [f'{prefix}{name}-{i:05d}' for i in range(k)]
         truth['near_duplicate_of'].update({ids[i]: ids[j] for i, j in dup_of.items()})

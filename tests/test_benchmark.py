@@ -207,13 +207,13 @@ def test_several_questions_per_image_in_three_sources(loaded):
 
 def test_pretraining_pool_is_grounded_and_disjoint(bench, loaded):
     pre = load_pretrain(bench)
-    assert len(pre) == SMALL['n_train'] and sum('image' in r for r in pre) == sum('image' in r for r in loaded.train)
+    assert len(pre) == SMALL['n_train'] and sum('image' in r for r in pre) > len(pre) // 2
     assert all(r['image'].startswith('images/pretrain/') and (bench/r['image']).is_file() for r in pre if 'image' in r)
     assert not {r['id'] for r in pre} & {r['id'] for r in loaded.train}
     pairs = [(a, b) for a, b in zip(pre, loaded.train) if 'image' in a and 'image' in b]
     same = sum((bench/a['image']).read_bytes() == (bench/b['image']).read_bytes() for a, b in pairs)
     assert len(pairs) > 10 and same < len(pairs) // 10                                 # other random streams, other images
-    assert Counter(r['source'] for r in pre) == Counter(r['source'] for r in loaded.train)
+    assert set(Counter(r['source'] for r in pre)) == set(Counter(r['source'] for r in loaded.train)) - {'words'}   # reading text: the pool's alone
 
 
 def test_skills_cover_the_brief(loaded):

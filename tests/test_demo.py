@@ -7,7 +7,7 @@ import pytest
 from coincide.core import save_npy, sha256_file
 from coincide.demo import DemoConfig, METHODS, run_demo
 
-MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, seeds=2)
+MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, n_pretrain=400, seeds=2)
 
 
 @pytest.fixture(scope='module')
