@@ -206,10 +206,10 @@ def run_stage(demo:Demo, # the demo's state
 def benchmark_stage(demo:Demo, # the demo's state
                    ) -> Path: # the benchmark folder
     "Generate (or reuse) the CPU benchmark and encode it once."
-    from coincide.benchmark import make, load_benchmark
+    from coincide.benchmark import make, load_benchmark, benchmark_params
     from coincide.training import setup_benchmark
     c = demo.cfg
-    params = {'n_train': c.n_train, 'n_eval': c.n_eval, 'n_captions': c.n_captions, 'n_pretrain': c.n_pretrain, 'seed': c.benchmark_seed}
+    params = benchmark_params(c.n_train, c.n_eval, c.n_captions, c.benchmark_seed, c.n_pretrain)   # with the generator's version
     demo.keys['benchmark'] = stage_key('benchmark', params)
     demo.bench = make(demo.cache/demo.keys['benchmark'], c.n_train, c.n_eval, c.benchmark_seed, c.n_captions, n_pretrain=c.n_pretrain)
     demo.setup = setup_benchmark(demo.bench)
