@@ -619,7 +619,7 @@ def source_sizes(n:int, # training records
                 ) -> dict: # source name -> its records (0 for those left out)
     "Records per source for `n` training records: shares rounded by largest remainder, summing to `n`."
     share = np.array([0.0 if name in left_out else s[0] for name, s in SOURCES.items()])
-    raw = (share / share.sum() if left_out else share) * n
+    raw = share / share.sum() * n                                  # the shares sum to 1: unchanged without left_out
     k = np.floor(raw).astype(int)
     k[np.argsort(-(raw - k), kind='stable')[:n - k.sum()]] += 1
     return dict(zip(SOURCES, k.tolist()))
