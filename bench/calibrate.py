@@ -3,13 +3,17 @@
 For one demo configuration (benchmark size N and the rest of `DemoConfig`), build the demo's benchmark and its
 pretrained target through the demo's own cached stages, train the target on all records and on Random subsets of
 each fraction for each seed (one epoch, `coincide.training.STAGE2`), and write every (fraction, seed) row with its
-relative performance (the demo's definition: mean over the scored suites of subset / full of the same seed).
+relative performance (the demo's definition, `coincide.demo.relative_per_seed`: mean over the scored suites of
+subset / full data; since attempt 11 full data's accuracy is pooled over seeds, before it the same seed's).
+`--jobs 2` trains the seeds in two processes of one thread each (the rows do not depend on it).
 
-    python bench/calibrate.py --n-train 5000 --seeds 3 --out bench/results/calibration.csv
+    python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2
 
 Acceptance (issue 13): Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
 """
 import argparse, hashlib, json, os, subprocess, time
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 import numpy as np
@@ -34,6 +38,24 @@ def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def seed_rows(cfg:DemoConfig, cache:str, device:str, seed:int, fractions:tuple, threads:int) -> list:
+    "The rows of one seed: full data and Random at each fraction, trained on the cached pretrained target."
+    torch.set_num_threads(threads)
+    demo = Demo(cfg, Path(cache), device)
+    benchmark_stage(demo)
+    init = target_init_stage(demo)
+    n, rows = len(demo.train), []
+    t = time.perf_counter()
+    rows.append({'method': 'full', 'fraction': 1.0, 'seed': seed, **target_stage(demo, 'full', None, seed, init)})
+    print(f'full seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
+    for f in fractions:
+        t = time.perf_counter()
+        idx = random_select(n, budget_size(n, f), seed)
+        rows.append({'method': f'random-{f:g}', 'fraction': f, 'seed': seed, **target_stage(demo, f'random-{f:g}', idx, seed, init)})
+        print(f'random {f:g} seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
@@ -44,8 +66,10 @@ def main():
     p.add_argument('--out', default='bench/results/calibration.csv')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default=None)
+    p.add_argument('--jobs', type=int, default=1, help="processes that train seeds in parallel (each with --threads threads)")
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
+    if a.target and a.jobs > 1: p.error('--target is a probe of one process: run it with --jobs 1')
     torch.set_num_threads(a.threads)
     cfg = replace(DemoConfig(), n_train=a.n_train, n_pretrain=a.n_pretrain, seeds=a.seeds, methods=('random',))
     if a.target:
@@ -57,16 +81,11 @@ def main():
     benchmark_stage(demo)
     init = target_init_stage(demo)
     print(f'benchmark and pretrained target: {time.perf_counter() - t0:.0f} s', flush=True)
-    n, rows = len(demo.train), []
-    for seed in range(cfg.seeds):
-        t = time.perf_counter()
-        rows.append({'method': 'full', 'fraction': 1.0, 'seed': seed, **target_stage(demo, 'full', None, seed, init)})
-        print(f'full seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
-        for f in a.fractions:
-            t = time.perf_counter()
-            idx = random_select(n, budget_size(n, f), seed)
-            rows.append({'method': f'random-{f:g}', 'fraction': f, 'seed': seed, **target_stage(demo, f'random-{f:g}', idx, seed, init)})
-            print(f'random {f:g} seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
+    n, args = len(demo.train), [(cfg, a.cache, demo.device, seed, tuple(a.fractions), a.threads) for seed in range(cfg.seeds)]
+    if a.jobs > 1:
+        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex: per_job = list(ex.map(seed_rows, *zip(*args)))
+    else: per_job = [seed_rows(*x) for x in args]
+    rows = [r for job in per_job for r in job]
     per_seed = pd.DataFrame(rows)
     suites = scored_suites(per_seed, demo.setup.chance, {s: len(r) for s, r in demo.setup.records.items()})
     scored = suites.index[suites.scored].tolist()

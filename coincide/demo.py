@@ -114,10 +114,10 @@ def scored_suites(per_seed:pd.DataFrame, # rows: method, seed, one column per su
 def relative_per_seed(per_seed:pd.DataFrame, # rows: method, seed, one column per suite (accuracy 0..1)
                       suites:list, # the scored suites (`scored_suites`)
                      ) -> pd.Series: # relative performance (%) of each row
-    "Relative performance of every (method, seed) row against the full-data model of the same seed."
+    "Relative performance of every (method, seed) row against the full-data model's accuracy pooled over seeds."
     if not (per_seed.method == 'full').any(): raise CoincideError("no 'full' rows: the relative performance needs the full-data model")
-    full = per_seed[per_seed.method == 'full'].set_index('seed')[suites]
-    return pd.Series([relative_performance(r[suites], full.loc[r.seed]) for _, r in per_seed.iterrows()], index=per_seed.index)
+    full = per_seed.loc[per_seed.method == 'full', suites].mean()         # (suites,) pooled over seeds
+    return pd.Series([relative_performance(r[suites], full) for _, r in per_seed.iterrows()], index=per_seed.index)
 
 # %% ../nbs/13_demo.ipynb #f34fc4e0
 def paired_difference(rel:pd.Series, # relative performance (%) of one method, indexed by seed
