@@ -7,8 +7,8 @@ __all__ = ['METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'power_seeds', 'powe
            'cached_stage', 'scored_suites', 'relative_per_seed', 'paired_difference', 'summarise', 'markdown_table',
            'Demo', 'run_stage', 'benchmark_stage', 'reference_stage', 'cluster_stage', 'coincide_stages',
            'scores_stage', 'baseline_selection', 'baseline_stage', 'selection_diagnostics',
-           'plot_selection_diagnostics', 'target_init_stage', 'target_stage', 'select_all', 'run_demo', 'write_results',
-           'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
+           'plot_selection_diagnostics', 'target_init_stage', 'target_stage', 'train_targets', 'select_all',
+           'default_jobs', 'run_demo', 'write_results', 'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
 
 # %% ../nbs/13_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -381,6 +381,42 @@ def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     _, res = run_stage(demo, f'target-{method}-{seed}', params, build)
     return res['accuracy']
 
+# %% ../nbs/13_demo.ipynb #cc208d98
+_WORKER = {}  # in a `train_targets` worker process: the demo state it builds once
+
+def _init_target_worker(cfg:DemoConfig, cache:str, device:str, keys:dict, threads:int):
+    "Set up a worker of `train_targets`: `threads` torch threads and the demo state (the benchmark encoded once per process)."
+    import torch
+    torch.set_num_threads(threads)
+    demo = Demo(cfg, Path(cache), device)
+    benchmark_stage(demo)
+    demo.keys |= keys
+    _WORKER['demo'] = demo
+
+def _target_job(task:tuple, # (method, indices or None, seed)
+                init:Path, # the pretrained target's model folder
+               ) -> str: # the method, for the progress bar
+    "Train and evaluate one target in a worker; the result lands in the stage cache, where the parent reads it."
+    method, indices, seed = task
+    target_stage(_WORKER['demo'], method, indices, seed, init)
+    return method
+
+def train_targets(demo:Demo, # the demo's state, after `target_init_stage`
+                  tasks:list, # (method, indices (m,) int64 or None for full data, seed) per target
+                  init:Path, # the pretrained target's model folder
+                  jobs:int=1, # processes that train at once (each with cores // jobs torch threads); 1: in this process
+                 ) -> list: # suite -> accuracy, one dict per task in order
+    "Instruction-tune and evaluate the target for every task, `jobs` at a time; cached, so the results do not depend on `jobs` once computed."
+    if jobs > 1:
+        import multiprocessing as mp, os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=_init_target_worker,
+                                 initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), threads)) as ex:
+            done = [ex.submit(_target_job, t, init) for t in tasks]
+            for f in tqdm(as_completed(done), total=len(done), desc='targets', unit='model', leave=False): f.result()
+    return [target_stage(demo, m, idx, seed, init) for m, idx, seed in tqdm(tasks, desc='targets', unit='model', leave=False, disable=jobs > 1)]
+
 # %% ../nbs/13_demo.ipynb #6d89f892
 def select_all(demo:Demo, # the demo's state, after the benchmark stage
                ref_model:Path, # the reference model folder
@@ -400,9 +436,16 @@ def select_all(demo:Demo, # the demo's state, after the benchmark stage
     return out
 
 # %% ../nbs/13_demo.ipynb #b27ee8f3
+def default_jobs(device:str, # 'cpu' or 'cuda'
+                ) -> int: # target trainings at once
+    "Targets trained at once: one per core on a CPU (up to 4; the models are small), one on a GPU."
+    import os
+    return 1 if device != 'cpu' else max(1, min(4, os.cpu_count() or 1))
+
 def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
              out:str|Path, # output folder: results files, plots, and the stage cache in OUT/cache
              device:str|None=None, # 'cpu', 'cuda', ... for every model stage (None: cuda if available)
+             jobs:int|None=None, # processes that train targets at once (None: `default_jobs`)
             ) -> pd.DataFrame: # the results table, one row per method (`full` first)
     "Run the CPU demo end to end (cached) and write results.csv, results_per_seed.csv, suites.csv, results.md and plots."
     from coincide.core import pick_device
@@ -414,12 +457,11 @@ def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
     step(1); ref = reference_stage(demo)
     step(2); init = target_init_stage(demo)
     step(3); selections = select_all(demo, ref, init)
-    step(4); rows = []
-    for seed in range(cfg.seeds):
-        rows.append({'method': 'full', 'seed': seed, 'fraction': 1.0, 'select_seconds': 0.0, **target_stage(demo, 'full', None, seed, init)})
-        for m in cfg.methods:
-            idx, secs = selections[m, seed]
-            rows.append({'method': m, 'seed': seed, 'fraction': cfg.fraction, 'select_seconds': secs, **target_stage(demo, m, idx, seed, init)})
+    step(4)
+    tasks = [(m, *((None, 0.0) if m == 'full' else selections[m, seed]), seed) for seed in range(cfg.seeds) for m in ('full', *cfg.methods)]
+    accuracies = train_targets(demo, [(m, idx, seed) for m, idx, _, seed in tasks], init, default_jobs(demo.device) if jobs is None else jobs)
+    rows = [{'method': m, 'seed': seed, 'fraction': 1.0 if m == 'full' else cfg.fraction, 'select_seconds': secs, **acc}
+            for (m, _, secs, seed), acc in zip(tasks, accuracies)]
     step(5); per_seed = pd.DataFrame(rows)
     suites = scored_suites(per_seed, demo.setup.chance, {s: len(r) for s, r in demo.setup.records.items()})
     table = summarise(per_seed, list(demo.setup.suites), suites.index[suites.scored].tolist())
@@ -500,6 +542,7 @@ def demo_args(p, # an argparse.ArgumentParser, filled in place
     p.add_argument('--from', dest='from_', default='demo_out/results.csv', help='results.csv of a default run, for --preset power')
     p.add_argument('--out', default='demo_out', help='output folder (results, plots, and the stage cache in OUT/cache)')
     p.add_argument('--seeds', type=int, default=None, help='stage-2 trainings per method (default 3; 1 with --quick; power: from --from)')
+    p.add_argument('--jobs', type=int, default=None, help='target trainings at once, each in its own process (default: one per core up to 4 on a CPU, 1 on a GPU); the results do not depend on it')
     p.add_argument('--device', default=None, help='cpu, cuda, ... for training, extraction, scores and evaluation (default: cuda if available)')
 
 # %% ../nbs/13_demo.ipynb #4a17ecc0
@@ -514,7 +557,8 @@ def demo_main(args, # parsed by a parser that `demo_args` set up
         if args.seeds < 1: raise CoincideError(f"--seeds must be at least 1, got {args.seeds}")
         cfg = replace(cfg, seeds=args.seeds)
     t = time.perf_counter()
-    run_demo(cfg, args.out, args.device)
+    if args.jobs is not None and args.jobs < 1: raise CoincideError(f"--jobs must be at least 1, got {args.jobs}")
+    run_demo(cfg, args.out, args.device, args.jobs)
     print((Path(args.out)/'results.md').read_text())
     print(f"\nwrote {Path(args.out)/'results.csv'} and plots in {time.perf_counter() - t:.0f} s")
     return 0

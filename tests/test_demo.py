@@ -1,6 +1,6 @@
 """The demo end to end on a micro configuration: all ten rows, the statistics columns, plots, a cached
 rerun, and every selection it wrote re-derived by `coincide verify --rederive`."""
-import json, time
+import json, shutil, time
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +13,7 @@ MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, n_pretrain=400, seeds=
 @pytest.fixture(scope='module')
 def micro(tmp_path_factory):
     out = tmp_path_factory.mktemp('demo')
-    return out, run_demo(MICRO, out)
+    return out, run_demo(MICRO, out, jobs=2)
 
 
 def test_micro_demo_writes_results_and_reuses_its_cache(micro):
@@ -82,3 +82,15 @@ def test_verify_rederive_catches_a_tampered_selection(micro, cli, tmp_path, meth
         assert 'Traceback' not in res.stderr
     finally:
         save_npy(src/"indices.npy", idx); (src/"manifest.json").write_text(original)
+
+
+def test_targets_trained_in_worker_processes_equal_those_trained_in_process(micro, tmp_path):
+    out, _ = micro
+    shutil.copytree(out/'cache', tmp_path/'cache', symlinks=True)
+    redo = [p for p in (tmp_path/'cache').glob('target-*') if p.name.startswith(('target-full-0-', 'target-random-1-'))]
+    assert len(redo) == 2
+    for p in redo: shutil.rmtree(p)
+    run_demo(MICRO, tmp_path, jobs=1)
+    assert all(p.is_dir() for p in redo)
+    pd.testing.assert_frame_equal(pd.read_csv(out/'results_per_seed.csv').drop(columns='select_seconds'),
+                                  pd.read_csv(tmp_path/'results_per_seed.csv').drop(columns='select_seconds'))
