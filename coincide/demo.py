@@ -12,6 +12,7 @@ __all__ = ['METHODS', 'QUICK', 'SCORES_USED', 'DemoConfig', 'power_seeds', 'powe
 
 # %% ../nbs/13_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
@@ -393,6 +394,10 @@ def _init_target_worker(cfg:DemoConfig, cache:str, device:str, keys:dict, thread
     demo.keys |= keys
     _WORKER['demo'] = demo
 
+def _target_init_job() -> str:
+    "Build the pretrained target in a worker (the parent reads it from the stage cache); its folder name."
+    return target_init_stage(_WORKER['demo']).parent.name
+
 def _target_job(task:tuple, # (method, indices or None, seed)
                 init:Path, # the pretrained target's model folder
                ) -> str: # the method, for the progress bar
@@ -436,6 +441,20 @@ def select_all(demo:Demo, # the demo's state, after the benchmark stage
     return out
 
 # %% ../nbs/13_demo.ipynb #b27ee8f3
+@contextmanager
+def _pretraining_aside(demo:Demo, # the demo's state, after `benchmark_stage`
+                       jobs:int, # 1: do nothing (the target is pretrained when first asked for)
+                      ):
+    "With jobs > 1, pretrain the target in a worker process while the block runs (one torch thread there); wait for it at the end."
+    if jobs < 2: yield; return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_target_worker,
+                             initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), 1)) as ex:
+        done = ex.submit(_target_init_job)
+        yield
+        done.result()
+
 def default_jobs(device:str, # 'cpu' or 'cuda'
                 ) -> int: # target trainings at once
     "Targets trained at once: one per core on a CPU (up to 4; the models are small), one on a GPU."
@@ -453,13 +472,18 @@ def run_demo(cfg:DemoConfig, # sizes and settings (`QUICK` for a first look)
     steps = ['benchmark', 'reference model', 'pretrained target', 'selection', 'target training', 'results']
     bar = tqdm(steps, desc='demo', unit='stage')
     def step(i): bar.set_description(f'demo: {steps[i]}'); bar.update(1 if i else 0)
+    jobs = default_jobs(demo.device) if jobs is None else jobs
     step(0); benchmark_stage(demo)
-    step(1); ref = reference_stage(demo)
-    step(2); init = target_init_stage(demo)
+    step(1)
+    with _pretraining_aside(demo, jobs):                                   # with jobs > 1 the target pretrains in a worker meanwhile
+        ref = reference_stage(demo)
+        if 'coincide' in cfg.methods: coincide_stages(demo, ref)           # needs no target; cached for `select_all`
+        step(2)
+    init = target_init_stage(demo)
     step(3); selections = select_all(demo, ref, init)
     step(4)
     tasks = [(m, *((None, 0.0) if m == 'full' else selections[m, seed]), seed) for seed in range(cfg.seeds) for m in ('full', *cfg.methods)]
-    accuracies = train_targets(demo, [(m, idx, seed) for m, idx, _, seed in tasks], init, default_jobs(demo.device) if jobs is None else jobs)
+    accuracies = train_targets(demo, [(m, idx, seed) for m, idx, _, seed in tasks], init, jobs)
     rows = [{'method': m, 'seed': seed, 'fraction': 1.0 if m == 'full' else cfg.fraction, 'select_seconds': secs, **acc}
             for (m, _, secs, seed), acc in zip(tasks, accuracies)]
     step(5); per_seed = pd.DataFrame(rows)
