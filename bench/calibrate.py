@@ -61,17 +61,21 @@ def main():
     p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
     p.add_argument('--n-pretrain', type=int, default=DemoConfig().n_pretrain, help="grounded records the target is pretrained on (benchmark version 8)")
     p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--first-seed', type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (fresh seeds for a confirmation)")
     p.add_argument('--fractions', type=float, nargs='+', default=FRACTIONS)
     p.add_argument('--cache', default=os.path.expanduser('~/.cache/coincide/calibration'))
     p.add_argument('--out', default='bench/results/calibration.csv')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default=None)
+    p.add_argument('--target-seed', type=int, default=DemoConfig().target_seed, help="seed of the pretrained target (a probe of the target's draw)")
+    p.add_argument('--attempt', default='', help="the attempt number written in the rows (the calibration table's first column)")
     p.add_argument('--jobs', type=int, default=1, help="processes that train seeds in parallel (each with --threads threads)")
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
     if a.target and a.jobs > 1: p.error('--target is a probe of one process: run it with --jobs 1')
     torch.set_num_threads(a.threads)
-    cfg = replace(DemoConfig(), n_train=a.n_train, n_pretrain=a.n_pretrain, seeds=a.seeds, methods=('random',))
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    cfg = replace(DemoConfig(), n_train=a.n_train, n_pretrain=a.n_pretrain, seeds=a.seeds, methods=('random',), target_seed=a.target_seed)
     if a.target:
         w, l = map(int, a.target.split(','))
         PRESETS[f'target-{w}x{l}'] = replace(get_preset('target'), text_hidden=w, text_layers=l, text_intermediate=2 * w)
@@ -81,7 +85,7 @@ def main():
     benchmark_stage(demo)
     init = target_init_stage(demo)
     print(f'benchmark and pretrained target: {time.perf_counter() - t0:.0f} s', flush=True)
-    n, args = len(demo.train), [(cfg, a.cache, demo.device, seed, tuple(a.fractions), a.threads) for seed in range(cfg.seeds)]
+    n, args = len(demo.train), [(cfg, a.cache, demo.device, seed, tuple(a.fractions), a.threads) for seed in range(a.first_seed, a.first_seed + cfg.seeds)]
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex: per_job = list(ex.map(seed_rows, *zip(*args)))
     else: per_job = [seed_rows(*x) for x in args]
@@ -91,10 +95,9 @@ def main():
     scored = suites.index[suites.scored].tolist()
     per_seed['relative'] = relative_per_seed(per_seed, scored)
     meta = benchmark_meta(demo.bench)
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    per_seed = per_seed.assign(benchmark_version=VERSION, design_hash=design_hash(cfg, meta['params']), n_train=n,
+    per_seed = per_seed.assign(attempt=a.attempt, benchmark_version=VERSION, design_hash=design_hash(cfg, meta['params']), n_train=n,
                                n_eval=cfg.n_eval, n_pretrain=meta['params']['n_pretrain'], scored_suites=len(scored),
-                               device=demo.device, threads=a.threads, commit=commit,
+                               device=demo.device, threads=a.threads, commit=commit, target_seed=cfg.target_seed,
                                target=f"{get_preset(cfg.target_preset).text_hidden}x{get_preset(cfg.target_preset).text_layers}")
     out = Path(a.out)
     old = pd.read_csv(out) if out.is_file() else None

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 from .core import CoincideError, save_json, atomic_write
-from .training import relative_performance
+from .training import relative_performance, TARGET_SEED
 from .activations import PAPER_LAYERS
 
 # %% ../nbs/13_demo.ipynb #2c962bce
@@ -41,6 +41,7 @@ class DemoConfig:
     tau:float=0.1 # softmax temperature (paper)
     reference_preset:str='reference' # size of the reference VLM (`coincide.models.PRESETS`)
     target_preset:str='target' # size of the target VLM
+    target_seed:int=TARGET_SEED # seed of the pretrained target (weights, batch order): one target for every seed and method
     methods:tuple=METHODS # the selection methods compared with full data
 
     @property
@@ -357,11 +358,11 @@ def plot_selection_diagnostics(table:pd.DataFrame, # from `selection_diagnostics
 def target_init_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                      ) -> Path: # the pretrained target's model folder
     "The pretrained target (`coincide.training.pretrain_target`), built once before any selection and cached."
-    from coincide.training import STAGE1, VISION, TARGET_SEED, pretrain_target
+    from coincide.training import STAGE1, VISION, pretrain_target
     params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
-              'text': True, 'seed': TARGET_SEED, 'device': demo.device}
+              'text': True, 'seed': demo.cfg.target_seed, 'device': demo.device}
     folder, _ = run_stage(demo, 'target-pretrained', params,
-                          lambda f: pretrain_target(demo.setup, f/'model', demo.cfg.target_preset, device=demo.device) and None)
+                          lambda f: pretrain_target(demo.setup, f/'model', demo.cfg.target_preset, demo.cfg.target_seed, demo.device) and None)
     return folder/'model'
 
 # %% ../nbs/13_demo.ipynb #612c8a78
