@@ -33,7 +33,7 @@ from .data import load_records, open_image
 from .scoring import normalize_answer, reference_answer, accepted_answers, is_correct # re-exported: scoring lived here before coincide.scoring
 
 # %% ../nbs/10_benchmark.ipynb #bfef991d
-VERSION = 10 # bump when the generator's output changes for the same params
+VERSION = 11 # bump when the generator's output changes for the same params
 TAIL = 1.0 # Zipf exponent of the objects' frequencies in training (rank r drawn with weight 1 / r^TAIL)
 SIZE = 32 # images are SIZE x SIZE RGB
 BG = np.array([24, 24, 24], np.uint8) # background of drawn images
@@ -629,12 +629,10 @@ def gen_source(rng:np.random.Generator, # the source's random stream
                name:str, # a source of `SOURCES`
                n:int, # samples to draw
                split:str='train', # 'train' or 'eval': the pool of digits to draw from
-               left_out:tuple=(), # tasks this pool never draws (the source's other tasks keep their relative weights)
               ) -> tuple: # (samples, {i: j near-dup of}, {i: true answer})
     "The `n` samples of one training source, with its near-duplicates and noisy answers."
     share, dup, noise, tasks = SOURCES[name]
-    names = [t for t in tasks if t not in left_out]
-    w = np.array([tasks[t] for t in names], float)
+    names, w = list(tasks), np.array(list(tasks.values()), float)
     n_dup = int(round(dup * n)); n_base = n - n_dup
     picks = rng.choice(len(names), n_base, p=w / w.sum())
     samples = [TASKS[names[t]][0](rng, split) for t in picks]
@@ -671,7 +669,7 @@ def save_records(path:Path, # the .json file to write
         f.write('[\n' + ',\n'.join(json.dumps(r, ensure_ascii=False) for r in records) + '\n]\n')
 
 # %% ../nbs/10_benchmark.ipynb #a34382b7
-POOLS = {'train': (0, (), ()), 'pretrain': (4, ('words',), ('count', 'spatial'))} # pool -> (its random streams: [seed, s, source] draws the records, [seed, s + 1] the order; sources left out; tasks left out)
+POOLS = {'train': (0, ()), 'pretrain': (4, ('words',))} # pool -> (its random streams: [seed, s, source] draws the records, [seed, s + 1] the order; sources left out)
 
 def write_pool(out:Path, # the benchmark folder being written
                n:int, # records
@@ -679,12 +677,12 @@ def write_pool(out:Path, # the benchmark folder being written
                pool:str='train', # 'train' (`train.json`) or 'pretrain' (`pretrain.json`), each with its own image folder and random streams
               ) -> dict: # truth: near-duplicates and noisy answers, by record id
     "Generate, shuffle and write one pool of training records and their images; return what is wrong with them."
-    (stream, left_out, no_tasks), prefix = POOLS[pool], '' if pool == 'train' else f'{pool}-'
+    (stream, left_out), prefix = POOLS[pool], '' if pool == 'train' else f'{pool}-'
     (out/'images'/pool).mkdir(parents=True, exist_ok=True)
     recs, imgs, truth = [], [], {'near_duplicate_of': {}, 'noisy_answer': {}}
     for si, (name, k) in enumerate(source_sizes(n, left_out).items()):
         if k == 0: continue
-        samples, dup_of, noisy = gen_source(np.random.default_rng([seed, stream, si]), name, k, left_out=no_tasks)
+        samples, dup_of, noisy = gen_source(np.random.default_rng([seed, stream, si]), name, k)
         ids = [f'{prefix}{name}-{i:05d}' for i in range(k)]
         truth['near_duplicate_of'].update({ids[i]: ids[j] for i, j in dup_of.items()})
         truth['noisy_answer'].update({ids[i]: a for i, a in noisy.items()})
