@@ -7,7 +7,7 @@ relative performance (the demo's definition, `coincide.demo.relative_per_seed`: 
 subset / full data; since attempt 11 full data's accuracy is pooled over seeds, before it the same seed's).
 `--jobs 2` trains the seeds in two processes of one thread each (the rows do not depend on it).
 
-    python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2
+    python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2 --attempt 11
 
 Acceptance (issue 13): Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
 """
@@ -24,7 +24,7 @@ from coincide.baselines import random_select
 from coincide.core import budget_size, pick_device
 from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, target_stage, scored_suites,
                            relative_per_seed)
-from coincide.training import STAGE1, STAGE2, VISION, TARGET_SEED
+from coincide.training import STAGE1, STAGE2, VISION
 from coincide.models import get_preset, PRESETS
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
@@ -33,7 +33,7 @@ FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
 def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
     "A hash of everything the regime depends on: benchmark params, demo sizes, training settings, target size."
     blob = {'benchmark': bench_params, 'demo': {k: v for k, v in asdict(cfg).items() if k != 'methods'},
-            'stage1': asdict(STAGE1), 'stage2': asdict(STAGE2), 'vision': asdict(VISION), 'target_seed': TARGET_SEED,
+            'stage1': asdict(STAGE1), 'stage2': asdict(STAGE2), 'vision': asdict(VISION),
             'target': asdict(get_preset(cfg.target_preset))}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -68,7 +68,7 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default=None)
     p.add_argument('--target-seed', type=int, default=DemoConfig().target_seed, help="seed of the pretrained target (a probe of the target's draw)")
-    p.add_argument('--attempt', default='', help="the attempt number written in the rows (the calibration table's first column)")
+    p.add_argument('--attempt', required=True, help="the attempt number (or a probe's name) written in the rows' first column")
     p.add_argument('--jobs', type=int, default=1, help="processes that train seeds in parallel (each with --threads threads)")
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()

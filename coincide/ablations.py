@@ -149,7 +149,7 @@ def train_rows(demo:Demo, # from `open_demo`
 def with_relative(rows:list, # from `train_rows`, including the 'full' rows of every seed
                   suites:list, # the scored suites (`coincide.demo.scored_suites` of the full rows)
                  ) -> pd.DataFrame: # the rows with a `relative` column (%), full rows dropped
-    "Relative performance of each row against the full-data model of its seed."
+    "Relative performance of each row against the full-data model pooled over seeds (`coincide.demo.relative_per_seed`)."
     df = pd.DataFrame(rows)
     return df.assign(relative=relative_per_seed(df, suites))[lambda d: d.method != 'full'].reset_index(drop=True)
 

@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['METHODS', 'QUICK', 'SCORES_USED', 'DEMO_THREADS', 'DemoConfig', 'power_seeds', 'power_config', 'scale_layers',
            'stage_key', 'cached_stage', 'scored_suites', 'relative_per_seed', 'paired_difference', 'summarise',
-           'markdown_table', 'Demo', 'run_stage', 'benchmark_stage', 'reference_stage', 'cluster_stage',
-           'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage', 'selection_diagnostics',
-           'plot_selection_diagnostics', 'target_init_stage', 'target_stage', 'train_targets', 'select_all',
-           'default_jobs', 'run_demo', 'write_results', 'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
+           'markdown_table', 'Demo', 'torch_threads', 'run_stage', 'benchmark_stage', 'reference_stage',
+           'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage',
+           'selection_diagnostics', 'plot_selection_diagnostics', 'target_init_params', 'target_init_stage',
+           'target_params', 'target_stage', 'train_targets', 'select_all', 'default_jobs', 'run_demo', 'write_results',
+           'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
 
 # %% ../nbs/13_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -185,6 +186,11 @@ class Demo:
     keys:dict=field(default_factory=dict) # stage name -> its cache key, for the keys of later stages
     seconds:dict=field(default_factory=dict) # stage name -> seconds it took when it was computed
 
+def torch_threads() -> int:
+    "torch's thread count now: part of the key of every stage that trains or runs a model, since their floats depend on it."
+    import torch
+    return torch.get_num_threads()
+
 # %% ../nbs/13_demo.ipynb #ec456e63
 def _timed(fn):
     "Wrap a stage builder so that it returns {'seconds': wall time} merged into its own result."
@@ -225,7 +231,7 @@ def reference_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     from coincide.training import STAGE1, REFERENCE, VISION, stage1, finetune
     from coincide.models import save_vlm
     params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.reference_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
-              'stage2': asdict(REFERENCE), 'device': demo.device}
+              'stage2': asdict(REFERENCE), 'device': demo.device, 'torch_threads': torch_threads()}
     def build(folder):
         stage1(demo.setup, demo.cfg.reference_preset, STAGE1, seed=0, out_dir=folder/'stage1', device=demo.device)
         save_vlm(finetune(demo.setup, folder/'stage1', None, REFERENCE, seed=0, device=demo.device), demo.setup.processor, folder/'model')
@@ -258,7 +264,7 @@ def coincide_stages(demo:Demo, # the demo's state, after `benchmark_stage`
     from coincide.models import get_preset
     c, bench = demo.cfg, demo.bench
     layers = scale_layers(get_preset(c.reference_preset).text_layers)
-    run, _ = run_stage(demo, 'extract', {'reference': demo.keys['reference'], 'layers': layers, 'batch_size': 32, 'device': demo.device},
+    run, _ = run_stage(demo, 'extract', {'reference': demo.keys['reference'], 'layers': layers, 'batch_size': 32, 'device': demo.device, 'torch_threads': torch_threads()},
                        lambda f: extract(bench/'train.json', bench, str(ref_model), layers, f, batch_size=32, device=demo.device,
                                          dtype='float32', num_workers=0) and None)
     clustered, res = cluster_stage(demo, demo.keys['extract'], c.k)
@@ -296,7 +302,7 @@ def scores_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                                  epochs=1, batch_size=32, seed=0, device=demo.device)
         bl.save_scores(f, 'self_filter', d, {'features': 'emb_mean', 'epochs': 1, 'model': 'the pretrained target'})
         return {'reference-pass': t1 - t0, 'clip': t2 - t1, 'self-filter': time.perf_counter() - t2}
-    folder, res = run_stage(demo, 'scores', {'reference': demo.keys['reference'], 'target-init': demo.keys['target-pretrained'], 'device': demo.device}, build)
+    folder, res = run_stage(demo, 'scores', {'reference': demo.keys['reference'], 'target-init': demo.keys['target-pretrained'], 'device': demo.device, 'torch_threads': torch_threads()}, build)
     return folder, res
 
 # %% ../nbs/13_demo.ipynb #6fe85bc8
@@ -355,17 +361,32 @@ def plot_selection_diagnostics(table:pd.DataFrame, # from `selection_diagnostics
     return fig
 
 # %% ../nbs/13_demo.ipynb #88ccb968
+def target_init_params(demo:Demo, # the demo's state, after `benchmark_stage`
+                      ) -> dict: # the parameters of stage `target-pretrained`
+    "What the pretrained target depends on: the benchmark, its size, the training settings, its seed, device and threads."
+    from coincide.training import STAGE1, VISION
+    return {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
+            'text': True, 'seed': demo.cfg.target_seed, 'device': demo.device, 'torch_threads': torch_threads()}
+
 def target_init_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                      ) -> Path: # the pretrained target's model folder
     "The pretrained target (`coincide.training.pretrain_target`), built once before any selection and cached."
-    from coincide.training import STAGE1, VISION, pretrain_target
-    params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.target_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
-              'text': True, 'seed': demo.cfg.target_seed, 'device': demo.device}
-    folder, _ = run_stage(demo, 'target-pretrained', params,
+    from coincide.training import pretrain_target
+    folder, _ = run_stage(demo, 'target-pretrained', target_init_params(demo),
                           lambda f: pretrain_target(demo.setup, f/'model', demo.cfg.target_preset, demo.cfg.target_seed, demo.device) and None)
     return folder/'model'
 
 # %% ../nbs/13_demo.ipynb #612c8a78
+def target_params(demo:Demo, # the demo's state, after `target_init_stage`
+                  indices, # (m,) int64 selected records, None for the full data
+                  seed:int, # stage 2's seed
+                 ) -> dict: # the parameters of stage `target-{method}-{seed}`
+    "What a target training depends on: the pretrained target, the subset (a hash), stage 2's settings, the seed, device and threads."
+    from coincide.training import STAGE2
+    key = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16] if indices is not None else 'all'
+    return {'init': demo.keys['target-pretrained'], 'indices': key, 'stage2': asdict(STAGE2), 'seed': seed, 'device': demo.device,
+            'torch_threads': torch_threads()}
+
 def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                  method:str, # 'full', 'coincide' or a baseline (names the cache entry)
                  indices, # (m,) int64 selected records, None for the full data
@@ -375,8 +396,7 @@ def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     "Instruction-tune the target on `indices` from the pretrained model `init` and evaluate it; suite -> accuracy."
     from coincide.training import STAGE2, finetune, evaluate_vlm
     s = demo.setup
-    key = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16] if indices is not None else 'all'
-    params = {'init': demo.keys['target-pretrained'], 'indices': key, 'stage2': asdict(STAGE2), 'seed': seed, 'device': demo.device}
+    params = target_params(demo, indices, seed)
     def build(f):
         model = finetune(s, init, indices, STAGE2, seed, demo.device)
         return {'accuracy': evaluate_vlm(model, s.processor, s.suites, s.records, s.chance)['accuracy'].to_dict()}
@@ -384,6 +404,10 @@ def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     return res['accuracy']
 
 # %% ../nbs/13_demo.ipynb #cc208d98
+def _stage_done(demo:Demo, name:str, params:dict) -> bool:
+    "Whether stage `name` with `params` is finished in the demo's cache."
+    return (demo.cache/stage_key(name, params)/'done.json').is_file()
+
 DEMO_THREADS = 1 # torch threads of every demo stage, in the parent and in workers: trained weights depend on the thread count
 
 _WORKER = {}  # in a `train_targets` worker process: the demo state it builds once
@@ -412,16 +436,20 @@ def _target_job(task:tuple, # (method, indices or None, seed)
 def train_targets(demo:Demo, # the demo's state, after `target_init_stage`
                   tasks:list, # (method, indices (m,) int64 or None for full data, seed) per target
                   init:Path, # the pretrained target's model folder
-                  jobs:int=1, # processes that train at once, one torch thread each; 1: in this process
+                  jobs:int=1, # processes that train at once (only for tasks not cached yet); 1: in this process
                  ) -> list: # suite -> accuracy, one dict per task in order
-    "Instruction-tune and evaluate the target for every task, `jobs` at a time (one torch thread each, as `run_demo` uses)."
-    if jobs > 1:
+    "Instruction-tune and evaluate the target for every task, `jobs` at a time, each worker with this process's torch threads."
+    todo = [t for t in tasks if not _stage_done(demo, f'target-{t[0]}-{t[2]}', target_params(demo, t[1], t[2]))]
+    if jobs > 1 and todo:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=_init_target_worker,
-                                 initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), DEMO_THREADS)) as ex:
-            done = [ex.submit(_target_job, t, init) for t in tasks]
-            for f in tqdm(as_completed(done), total=len(done), desc='targets', unit='model', leave=False): f.result()
+                                 initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), torch_threads())) as ex:
+            done = [ex.submit(_target_job, t, init) for t in todo]
+            try:
+                for f in tqdm(as_completed(done), total=len(done), desc='targets', unit='model', leave=False): f.result()
+            except BaseException:
+                ex.shutdown(wait=False, cancel_futures=True); raise
     return [target_stage(demo, m, idx, seed, init) for m, idx, seed in tqdm(tasks, desc='targets', unit='model', leave=False, disable=jobs > 1)]
 
 # %% ../nbs/13_demo.ipynb #6d89f892
@@ -448,11 +476,11 @@ def _pretraining_aside(demo:Demo, # the demo's state, after `benchmark_stage`
                        jobs:int, # 1: do nothing (the target is pretrained when first asked for)
                       ):
     "With jobs > 1, pretrain the target in a worker process while the block runs; wait for it at the end."
-    if jobs < 2: yield; return
+    if jobs < 2 or _stage_done(demo, 'target-pretrained', target_init_params(demo)): yield; return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_target_worker,
-                             initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), DEMO_THREADS)) as ex:
+                             initargs=(demo.cfg, str(demo.cache), demo.device, dict(demo.keys), torch_threads())) as ex:
         done = ex.submit(_target_init_job)
         yield
         done.result()
