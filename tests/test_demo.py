@@ -87,10 +87,13 @@ def test_verify_rederive_catches_a_tampered_selection(micro, cli, tmp_path, meth
 def test_targets_trained_in_worker_processes_equal_those_trained_in_process(micro, tmp_path):
     out, _ = micro
     shutil.copytree(out/'cache', tmp_path/'cache', symlinks=True)
-    redo = [p for p in (tmp_path/'cache').glob('target-*') if p.name.startswith(('target-full-0-', 'target-random-1-'))]
-    assert len(redo) == 2
+    redo = [p for p in (tmp_path/'cache').glob('target-*') if p.name.startswith(('target-full-0-', 'target-random-1-', 'target-pretrained-'))]
+    assert len(redo) == 3                                               # the pretrained target was built by the aside worker
+    pretrained = next(p for p in redo if p.name.startswith('target-pretrained-'))
+    weights = (pretrained/'model'/'model.safetensors').read_bytes()
     for p in redo: shutil.rmtree(p)
     run_demo(MICRO, tmp_path, jobs=1)
     assert all(p.is_dir() for p in redo)
+    assert (pretrained/'model'/'model.safetensors').read_bytes() == weights
     pd.testing.assert_frame_equal(pd.read_csv(out/'results_per_seed.csv').drop(columns='select_seconds'),
                                   pd.read_csv(tmp_path/'results_per_seed.csv').drop(columns='select_seconds'))
