@@ -5,15 +5,13 @@ pretrained target through the demo's own cached stages, train the target on all 
 each fraction for each seed (one epoch, `coincide.training.STAGE2`), and write every (fraction, seed) row with its
 relative performance (the demo's definition, `coincide.demo.relative_per_seed`: mean over the scored suites of
 subset / full data; since attempt 11 full data's accuracy is pooled over seeds, before it the same seed's).
-`--jobs 2` trains the seeds in two processes of one thread each (the rows do not depend on it).
+`--jobs 2` trains the targets in two processes (`coincide.demo.train_targets`, with --threads torch threads each).
 
     python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2 --attempt 11
 
 Acceptance (issue 13): Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
 """
 import argparse, hashlib, json, os, subprocess, time
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 from coincide.benchmark import VERSION, benchmark_meta
 from coincide.baselines import random_select
 from coincide.core import budget_size, pick_device
-from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, target_stage, scored_suites,
+from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, train_targets, scored_suites,
                            relative_per_seed)
 from coincide.training import STAGE1, STAGE2, VISION
 from coincide.models import get_preset, PRESETS
@@ -38,24 +36,6 @@ def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def seed_rows(cfg:DemoConfig, cache:str, device:str, seed:int, fractions:tuple, threads:int) -> list:
-    "The rows of one seed: full data and Random at each fraction, trained on the cached pretrained target."
-    torch.set_num_threads(threads)
-    demo = Demo(cfg, Path(cache), device)
-    benchmark_stage(demo)
-    init = target_init_stage(demo)
-    n, rows = len(demo.train), []
-    t = time.perf_counter()
-    rows.append({'method': 'full', 'fraction': 1.0, 'seed': seed, **target_stage(demo, 'full', None, seed, init)})
-    print(f'full seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
-    for f in fractions:
-        t = time.perf_counter()
-        idx = random_select(n, budget_size(n, f), seed)
-        rows.append({'method': f'random-{f:g}', 'fraction': f, 'seed': seed, **target_stage(demo, f'random-{f:g}', idx, seed, init)})
-        print(f'random {f:g} seed {seed}: {time.perf_counter() - t:.0f} s, mean accuracy {np.mean(list(rows[-1].values())[3:]):.3f}', flush=True)
-    return rows
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
@@ -69,7 +49,7 @@ def main():
     p.add_argument('--device', default=None)
     p.add_argument('--target-seed', type=int, default=DemoConfig().target_seed, help="seed of the pretrained target (a probe of the target's draw)")
     p.add_argument('--attempt', required=True, help="the attempt number (or a probe's name) written in the rows' first column")
-    p.add_argument('--jobs', type=int, default=1, help="processes that train seeds in parallel (each with --threads threads)")
+    p.add_argument('--jobs', type=int, default=1, help="processes that train targets in parallel (each with --threads threads; `coincide.demo.train_targets`)")
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
     if a.target and a.jobs > 1: p.error('--target is a probe of one process: run it with --jobs 1')
@@ -85,11 +65,13 @@ def main():
     benchmark_stage(demo)
     init = target_init_stage(demo)
     print(f'benchmark and pretrained target: {time.perf_counter() - t0:.0f} s', flush=True)
-    n, args = len(demo.train), [(cfg, a.cache, demo.device, seed, tuple(a.fractions), a.threads) for seed in range(a.first_seed, a.first_seed + cfg.seeds)]
-    if a.jobs > 1:
-        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex: per_job = list(ex.map(seed_rows, *zip(*args)))
-    else: per_job = [seed_rows(*x) for x in args]
-    rows = [r for job in per_job for r in job]
+    n, tasks, fractions = len(demo.train), [], []
+    for seed in range(a.first_seed, a.first_seed + cfg.seeds):
+        tasks.append(('full', None, seed)); fractions.append(1.0)
+        for f in a.fractions:
+            tasks.append((f'random-{f:g}', random_select(n, budget_size(n, f), seed), seed)); fractions.append(f)
+    accuracies = train_targets(demo, tasks, init, a.jobs)
+    rows = [{'method': m, 'fraction': f, 'seed': seed, **acc} for (m, _, seed), f, acc in zip(tasks, fractions, accuracies)]
     per_seed = pd.DataFrame(rows)
     suites = scored_suites(per_seed, demo.setup.chance, {s: len(r) for s, r in demo.setup.records.items()})
     scored = suites.index[suites.scored].tolist()

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['METHODS', 'QUICK', 'SCORES_USED', 'DEMO_THREADS', 'DemoConfig', 'power_seeds', 'power_config', 'scale_layers',
-           'stage_key', 'cached_stage', 'scored_suites', 'relative_per_seed', 'paired_difference', 'summarise',
-           'markdown_table', 'Demo', 'torch_threads', 'run_stage', 'benchmark_stage', 'reference_stage',
+           'stage_key', 'done_file', 'cached_stage', 'scored_suites', 'relative_per_seed', 'paired_difference',
+           'summarise', 'markdown_table', 'Demo', 'torch_threads', 'run_stage', 'benchmark_stage', 'reference_stage',
            'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage',
            'selection_diagnostics', 'plot_selection_diagnostics', 'target_init_params', 'target_init_stage',
            'target_params', 'target_stage', 'train_targets', 'select_all', 'default_jobs', 'run_demo', 'write_results',
@@ -84,14 +84,20 @@ def stage_key(name:str, # the stage, e.g. 'extract'
     return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 # %% ../nbs/13_demo.ipynb #51f7cb90
+def done_file(cache:Path, # the demo's cache folder
+              name:str, # the stage
+              params:dict, # its parameters (see `stage_key`)
+             ) -> Path: # the file whose presence marks the stage finished
+    "Where a stage's completion record lives: `done.json` in the stage's folder."
+    return Path(cache)/stage_key(name, params)/'done.json'
+
 def cached_stage(cache:Path, # the demo's cache folder
                  name:str, # the stage
                  params:dict, # its parameters (see `stage_key`)
                  build, # build(folder) writes the stage's outputs into folder; its return value is cached as JSON
                 ) -> tuple: # (folder, what `build` returned)
     "Run `build` into the stage's folder unless a finished copy is cached there."
-    folder = Path(cache)/stage_key(name, params)
-    done = folder/'done.json'
+    done = done_file(cache, name, params); folder = done.parent
     if done.is_file(): return folder, json.loads(done.read_text())['result']
     if folder.exists(): shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -404,10 +410,6 @@ def target_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     return res['accuracy']
 
 # %% ../nbs/13_demo.ipynb #cc208d98
-def _stage_done(demo:Demo, name:str, params:dict) -> bool:
-    "Whether stage `name` with `params` is finished in the demo's cache."
-    return (demo.cache/stage_key(name, params)/'done.json').is_file()
-
 DEMO_THREADS = 1 # torch threads of every demo stage, in the parent and in workers: trained weights depend on the thread count
 
 _WORKER = {}  # in a `train_targets` worker process: the demo state it builds once
@@ -421,17 +423,16 @@ def _init_target_worker(cfg:DemoConfig, cache:str, device:str, keys:dict, thread
     demo.keys |= keys
     _WORKER['demo'] = demo
 
-def _target_init_job() -> str:
-    "Build the pretrained target in a worker (the parent reads it from the stage cache); its folder name."
-    return target_init_stage(_WORKER['demo']).parent.name
+def _target_init_job():
+    "Build the pretrained target in a worker; the parent reads it from the stage cache."
+    target_init_stage(_WORKER['demo'])
 
 def _target_job(task:tuple, # (method, indices or None, seed)
                 init:Path, # the pretrained target's model folder
-               ) -> str: # the method, for the progress bar
+               ):
     "Train and evaluate one target in a worker; the result lands in the stage cache, where the parent reads it."
     method, indices, seed = task
     target_stage(_WORKER['demo'], method, indices, seed, init)
-    return method
 
 def train_targets(demo:Demo, # the demo's state, after `target_init_stage`
                   tasks:list, # (method, indices (m,) int64 or None for full data, seed) per target
@@ -439,7 +440,7 @@ def train_targets(demo:Demo, # the demo's state, after `target_init_stage`
                   jobs:int=1, # processes that train at once (only for tasks not cached yet); 1: in this process
                  ) -> list: # suite -> accuracy, one dict per task in order
     "Instruction-tune and evaluate the target for every task, `jobs` at a time, each worker with this process's torch threads."
-    todo = [t for t in tasks if not _stage_done(demo, f'target-{t[0]}-{t[2]}', target_params(demo, t[1], t[2]))]
+    todo = [t for t in tasks if not done_file(demo.cache, f'target-{t[0]}-{t[2]}', target_params(demo, t[1], t[2])).is_file()]
     if jobs > 1 and todo:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -476,7 +477,7 @@ def _pretraining_aside(demo:Demo, # the demo's state, after `benchmark_stage`
                        jobs:int, # 1: do nothing (the target is pretrained when first asked for)
                       ):
     "With jobs > 1, pretrain the target in a worker process while the block runs; wait for it at the end."
-    if jobs < 2 or _stage_done(demo, 'target-pretrained', target_init_params(demo)): yield; return
+    if jobs < 2 or done_file(demo.cache, 'target-pretrained', target_init_params(demo)).is_file(): yield; return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_target_worker,
