@@ -1,6 +1,6 @@
 """Greedy MMD on one large cluster against one float32 `x @ x.T.copy()` of it, measured in the same process.
 
-`python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference]` builds one cluster of `n` unit
+`python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference] [--batch 32] [--pool 4096] [--profile]` builds one cluster of `n` unit
 vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
 product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
 sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
@@ -9,9 +9,11 @@ with the kernel rows the greedy computed (`kernel_rows_computed`, and per pick),
 row-sum pass (`kernel_rows_known`), its BLAS batches, the float32 product timed again right after the greedy
 (`float32_gemm_after_s`, and `ratio_to_mean_gemm` against the mean of both), the time of the row-sum pass alone
 (`row_sums_s`, measured after), the BLAS threads and the load average before and after:
-the machine may be shared, so only ratios measured in one process are meaningful.
+the machine may be shared, so only ratios measured in one process are meaningful. `--batch` and `--pool` set the
+greedy's look-ahead (they change which kernel rows are computed, never a pick); `--profile` runs the greedy under
+cProfile and stores the functions with the most own time (`profile`).
 """
-import argparse, json, os, sys, time
+import argparse, cProfile, json, os, pstats, sys, time
 from pathlib import Path
 import numpy as np
 
@@ -35,6 +37,9 @@ def main():
     p.add_argument('--m', type=int, default=4000); p.add_argument('--reference', action='store_true')
     p.add_argument('--device', default=None, help='torch device for the kernels (cuda, cpu); default numpy')
     p.add_argument('--cache-mb', type=int, default=1024, help='memory for cached kernel rows (MiB)')
+    p.add_argument('--batch', type=int, default=32, help='most kernel rows per BLAS product (greedy_mmd batch)')
+    p.add_argument('--pool', type=int, default=4096, help='candidates the look-ahead follows (greedy_mmd pool)')
+    p.add_argument('--profile', action='store_true', help='profile the greedy with cProfile')
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'greedy.json'))
     args = p.parse_args()
     from coincide.selection import greedy_mmd
@@ -43,11 +48,15 @@ def main():
     load0 = os.getloadavg()[0]
     _, t_floor = timed(lambda: x32 @ x32.T.copy())
     stats = {}
-    picks, t_new = timed(greedy_mmd, x, args.m, stats=stats, device=args.device, cache_bytes=args.cache_mb << 20)
+    run = lambda: greedy_mmd(x, args.m, stats=stats, device=args.device, cache_bytes=args.cache_mb << 20, batch=args.batch, pool=args.pool)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler: profiler.enable()
+    picks, t_new = timed(run)
+    if profiler: profiler.disable()
     _, t_after = timed(lambda: x32 @ x32.T.copy())                # the floor again, right after: it drifts on a shared machine
     from threadpoolctl import threadpool_info
     res = {'command': ' '.join(['python', 'bench/bench_greedy.py'] + sys.argv[1:]), 'n': args.n, 'd': args.d, 'm': args.m,
-           'device': args.device, 'cache_mb': args.cache_mb, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor,
+           'device': args.device, 'cache_mb': args.cache_mb, 'batch': args.batch, 'pool': args.pool, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor,
            'float32_gemm_after_s': t_after, 'ratio_to_mean_gemm': t_new / ((t_floor + t_after) / 2),
            'kernel_rows_computed': stats.get('rows'), 'rows_per_pick': stats.get('rows', 0) / max(args.m, 1),
            'kernel_rows_known': stats.get('known'), 'batches': stats.get('batches'),
@@ -63,6 +72,11 @@ def main():
         import reference_greedy
         want, t_ref = timed(reference_greedy.greedy_mmd, x, args.m)
         res.update(reference_s=t_ref, reference_ratio=t_ref / t_floor, same_picks=bool(np.array_equal(picks, want)))
+    if profiler:
+        stats_ = pstats.Stats(profiler).stats                     # (file, line, name) -> (calls, ncalls, own s, cumulative s, callers)
+        top = sorted(stats_.items(), key=lambda kv: -kv[1][2])[:12]
+        res['profile'] = [{'function': f'{Path(f).name}:{line}({name})', 'calls': v[1], 'own_s': round(v[2], 3), 'cumulative_s': round(v[3], 3)}
+                          for (f, line, name), v in top]
     res['load_after'] = os.getloadavg()[0]
     print(json.dumps(res, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -346,7 +346,8 @@ def selection_diagnostics(clusters:pd.DataFrame, # clusters.csv of a COINCIDE se
     ratio = clusters.S / clusters.D                                        # (k,)
     summary = {'clusters': len(clusters), 'effective_clusters': float(1 / (clusters.P ** 2).sum()),
                'ratio_sd': float(ratio.std(ddof=1)), 'tau': tau, 'ratio_sd_over_tau': float(ratio.std(ddof=1) / tau),
-               'top10_share_of_P': float(clusters.P.nlargest(10).sum()), 'shortfall': int((clusters.allocated - clusters.taken).sum())}
+               'top10_share_of_P': float(clusters.P.nlargest(10).sum()),
+               'offered_beyond_size': int((clusters.allocated - clusters['size']).clip(lower=0).sum())}   # the paper loop passes these on to later clusters
     return table, summary
 
 # %% ../nbs/13_demo.ipynb #c257b04e
