@@ -41,6 +41,7 @@ class DemoConfig:
     samples_per_cluster:int=66 # K = N / 66, as the paper's K = 10,000 for 665K records
     tau:float=0.1 # softmax temperature (paper)
     reference_preset:str='reference' # size of the reference VLM (`coincide.models.PRESETS`)
+    reference_seed:int=0 # seed of the reference VLM's training (its draw; the selections of every method that reads it follow it)
     target_preset:str='target' # size of the target VLM
     target_seed:int=TARGET_SEED # seed of the pretrained target (weights, batch order): one target for every seed and method
     methods:tuple=METHODS # the selection methods compared with full data
@@ -233,14 +234,15 @@ def benchmark_stage(demo:Demo, # the demo's state
 # %% ../nbs/13_demo.ipynb #80983dad
 def reference_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                    ) -> Path: # the reference model folder
-    "Train the reference VLM (stage 1 on captions, then `REFERENCE` on all training records, seed 0); return its model folder."
+    "Train the reference VLM (stage 1 on captions, then `REFERENCE` on all training records, seed `reference_seed`); return its model folder."
     from coincide.training import STAGE1, REFERENCE, VISION, stage1, finetune
     from coincide.models import save_vlm
     params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.reference_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
-              'stage2': asdict(REFERENCE), 'device': demo.device, 'torch_threads': torch_threads()}
+              'stage2': asdict(REFERENCE), 'device': demo.device, 'torch_threads': torch_threads(),
+              **({'seed': demo.cfg.reference_seed} if demo.cfg.reference_seed else {})}   # seed 0 keeps the key it had before the seed was a setting
     def build(folder):
-        stage1(demo.setup, demo.cfg.reference_preset, STAGE1, seed=0, out_dir=folder/'stage1', device=demo.device)
-        save_vlm(finetune(demo.setup, folder/'stage1', None, REFERENCE, seed=0, device=demo.device), demo.setup.processor, folder/'model')
+        stage1(demo.setup, demo.cfg.reference_preset, STAGE1, seed=demo.cfg.reference_seed, out_dir=folder/'stage1', device=demo.device)
+        save_vlm(finetune(demo.setup, folder/'stage1', None, REFERENCE, seed=demo.cfg.reference_seed, device=demo.device), demo.setup.processor, folder/'model')
         shutil.rmtree(folder/'stage1')
     folder, _ = run_stage(demo, 'reference', params, build)
     return folder/'model'
