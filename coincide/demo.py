@@ -62,10 +62,11 @@ def power_seeds(sd:float, # standard deviation (ddof 1) over seeds of the paired
 def power_config(results:pd.DataFrame, # results.csv of a default run (`summarise`)
                  half_width:float=1.5, # the half-width of COINCIDE - Random to reach, points
                 ) -> DemoConfig:
-    "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from COINCIDE's paired spread."
+    "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from the paired spread pooled over every method."
     r = results.set_index('method')
     n = r.loc['coincide', 'seeds']
-    sd = (r.loc['coincide', 'diff_ci_high'] - r.loc['coincide', 'diff_vs_random']) * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    sds = (r.diff_ci_high - r.diff_vs_random).dropna() * math.sqrt(n) / stats.t.ppf(0.975, n - 1)   # paired sd of each method against Random
+    sd = math.sqrt((sds ** 2).mean())                              # pooled: (n - 1) x methods degrees of freedom, not n - 1
     best = r.drop(['full', 'random', 'coincide']).sort_values('relative', ascending=False).index[:2].tolist()
     return replace(DemoConfig(), n_eval=300, seeds=power_seeds(sd, half_width), methods=('random', 'coincide', *best))
 
