@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SEEDS', 'FRACTIONS', 'MARK', 'feature_subset', 'open_demo', 'feature_variant', 'cluster_variant', 'reference_variant',
-           'coincide_sweep', 'budget_accounting', 'baseline_indices', 'train_rows', 'with_relative',
-           'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line', 'committed_summary',
-           'compare_summaries']
+           'coincide_sweep', 'budget_accounting', 'baseline_indices', 'random_draws', 'train_rows', 'with_relative',
+           'compared_with', 'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line',
+           'committed_summary', 'compare_summaries']
 
 # %% ../nbs/14_ablations.ipynb #ef512368
 import json
@@ -17,7 +17,7 @@ import pandas as pd
 from .core import CoincideError, load_npy, save_npy, save_json, l2_normalize
 from .transferability import load_layout
 from .demo import (DemoConfig, Demo, cached_stage, cluster_stage, baseline_selection, benchmark_stage, reference_stage, coincide_stages, scores_stage,
-                   target_init_stage, target_stage, relative_per_seed, scored_suites)
+                   target_init_stage, target_stage, relative_per_seed, scored_suites, paired_difference)
 
 # %% ../nbs/14_ablations.ipynb #21cc25f0
 def _subset_blocks(blocks:list, layers, modality) -> list:
@@ -54,7 +54,7 @@ def feature_subset(src:str|Path, # run folder with embeddings.npy (N, D) float16
     return {'rows': len(sub), 'columns': int(sub.shape[1]), 'fallback_rows': int(empty.sum()) if modality else 0}
 
 # %% ../nbs/14_ablations.ipynb #a27eda54
-SEEDS = (0, 1) # target trainings per setting
+SEEDS = (0, 1, 2) # target trainings per setting: the demo's seeds, so its cached trainings are reused
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6) # the data-ratio sweep
 
 # %% ../nbs/14_ablations.ipynb #b23cfcf1
@@ -129,21 +129,30 @@ def budget_accounting(demo:Demo, # from `open_demo`
 def baseline_indices(demo:Demo, # from `open_demo`
                      name:str, # a baseline of `coincide.baselines`
                      fraction:float, # the budget
+                     seed:int=0, # the baseline's seed (Random's draw)
                     ) -> np.ndarray: # (m,) int64
     "A baseline's selection at `fraction` from the demo's cached scores (the demo's cached `baseline_selection`)."
-    return load_npy(baseline_selection(demo, name, fraction)[0]/'indices.npy', mmap=False)
+    return load_npy(baseline_selection(demo, name, fraction, seed)[0]/'indices.npy', mmap=False)
+
+def random_draws(demo:Demo, # from `open_demo`
+                 fraction:float, # the budget
+                 seeds:tuple=SEEDS, # target seeds
+                ) -> dict: # seed -> (m,) int64 Random's draw for that seed
+    "A fresh Random draw for each seed, as the demo draws them."
+    return {s: baseline_indices(demo, 'random', fraction, s) for s in seeds}
 
 # %% ../nbs/14_ablations.ipynb #1ed49cc8
 def train_rows(demo:Demo, # from `open_demo`
                inits:dict, # seed -> the pretrained target folder (`open_demo`)
                method:str, # 'full', 'coincide' or a baseline (names the cache entry)
-               indices, # (m,) int64 selection, None for full data
+               indices, # (m,) int64 selection, None for full data, or seed -> selection (Random: `random_draws`)
                seeds:tuple=SEEDS, # target seeds
                **label, # columns that say what the row is, e.g. ablation='tau', setting='0.01'
               ) -> list: # one dict per seed: label, method, seed, n_selected and suite accuracies
     "Train and evaluate the target on a selection for each seed (cached)."
-    n = len(demo.train) if indices is None else len(indices)
-    return [{**label, 'method': method, 'seed': s, 'n_selected': n, **target_stage(demo, method, indices, s, inits[s])} for s in seeds]
+    pick = indices.get if isinstance(indices, dict) else lambda s: indices
+    return [{**label, 'method': method, 'seed': s, 'n_selected': len(demo.train) if pick(s) is None else len(pick(s)),
+             **target_stage(demo, method, pick(s), s, inits[s])} for s in seeds]
 
 # %% ../nbs/14_ablations.ipynb #70ee60b7
 def with_relative(rows:list, # from `train_rows`, including the 'full' rows of every seed
@@ -154,11 +163,28 @@ def with_relative(rows:list, # from `train_rows`, including the 'full' rows of e
     return df.assign(relative=relative_per_seed(df, suites))[lambda d: d.method != 'full'].reset_index(drop=True)
 
 # %% ../nbs/14_ablations.ipynb #960d4123
+def compared_with(df:pd.DataFrame, # rows from `with_relative`
+                  ablation:str, # the group's ablation, e.g. 'tau' or 'ratio'
+                  setting:str, # its setting, e.g. '0.01'
+                  method:str, # its method, e.g. 'coincide'
+                 ) -> tuple: # (what it is compared with, its relative performance by seed), or (None, None)
+    "What a setting is compared with: Random at the same ratio in the ratio sweep, COINCIDE with the paper's settings (ablation 'default') elsewhere."
+    if ablation == 'ratio': ref, name = df[(df.ablation == 'ratio') & (df.setting == setting) & (df.method == 'random')], 'random'
+    else: ref, name = df[df.ablation == 'default'], 'default'
+    if ref.empty or ablation == 'default' or (ablation == 'ratio' and method == 'random'): return None, None
+    return name, ref.set_index('seed')['relative']
+
 def summarise_settings(df:pd.DataFrame, # rows from `with_relative`: ablation, setting, method, seed, relative
-                      ) -> pd.DataFrame: # ablation, setting, method, relative, sd, seeds
-    "Mean and standard deviation over seeds (ddof 1) of the relative performance per ablation and setting, in run order."
-    g = df.groupby(['ablation', 'setting', 'method'], sort=False)['relative']
-    return g.agg(relative='mean', sd=lambda r: r.std(ddof=1), seeds='size').reset_index()
+                      ) -> pd.DataFrame: # ablation, setting, method, relative, sd, seeds, compared_with, diff, diff_ci_low, diff_ci_high
+    "Per ablation and setting: mean and sd over seeds (ddof 1) of the relative performance and the paired difference (95 % t-interval) to what it is compared with, in run order."
+    rows = []
+    for (a, s, m), g in df.groupby(['ablation', 'setting', 'method'], sort=False):
+        r = g.set_index('seed')['relative']
+        name, ref = compared_with(df, a, s, m)
+        d = paired_difference(r, ref) if name is not None else (np.nan,) * 3
+        rows.append({'ablation': a, 'setting': s, 'method': m, 'relative': r.mean(), 'sd': r.std(ddof=1), 'seeds': len(r),
+                     'compared_with': name, 'diff': d[0], 'diff_ci_low': d[1], 'diff_ci_high': d[2]})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/14_ablations.ipynb #a4542b75
 def plot_ratio_sweep(df:pd.DataFrame): # rows of the 'ratio' ablation: fraction, method, relative
