@@ -41,7 +41,7 @@ class DemoConfig:
     samples_per_cluster:int=66 # K = N / 66, as the paper's K = 10,000 for 665K records
     tau:float=0.1 # softmax temperature (paper)
     reference_preset:str='reference' # size of the reference VLM (`coincide.models.PRESETS`)
-    reference_seed:int=0 # seed of the reference VLM's training (its draw; the selections of every method that reads it follow it)
+    reference_seed:int=0 # seed of the reference VLM's training: another seed is another reference model, and every selection read from it changes
     target_preset:str='target' # size of the target VLM
     target_seed:int=TARGET_SEED # seed of the pretrained target (weights, batch order): one target for every seed and method
     methods:tuple=METHODS # the selection methods compared with full data
@@ -65,8 +65,9 @@ def power_config(results:pd.DataFrame, # results.csv of a default run (`summaris
     "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from the paired spread pooled over every method."
     r = results.set_index('method')
     n = r.loc['coincide', 'seeds']
-    sds = (r.diff_ci_high - r.diff_vs_random).dropna() * math.sqrt(n) / stats.t.ppf(0.975, n - 1)   # paired sd of each method against Random
-    sd = math.sqrt((sds ** 2).mean())                              # pooled: (n - 1) x methods degrees of freedom, not n - 1
+    sel = r.drop(['full', 'random'], errors='ignore')                # the selection methods compared with Random
+    sds = (sel.diff_ci_high - sel.diff_vs_random).dropna() * math.sqrt(n) / stats.t.ppf(0.975, n - 1)   # paired sd of each against Random
+    sd = math.sqrt((sds ** 2).mean())                              # pooled over methods: steadier than one method's n - 1 degrees of freedom (they share Random's rows)
     best = r.drop(['full', 'random', 'coincide']).sort_values('relative', ascending=False).index[:2].tolist()
     return replace(DemoConfig(), n_eval=300, seeds=power_seeds(sd, half_width), methods=('random', 'coincide', *best))
 
