@@ -97,3 +97,19 @@ def test_targets_trained_in_worker_processes_equal_those_trained_in_process(micr
     assert (pretrained/'model'/'model.safetensors').read_bytes() == weights
     pd.testing.assert_frame_equal(pd.read_csv(out/'results_per_seed.csv').drop(columns='select_seconds'),
                                   pd.read_csv(tmp_path/'results_per_seed.csv').drop(columns='select_seconds'))
+
+
+def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it(monkeypatch, tmp_path):
+    "Seed 0 leaves the reference stage's parameters as they were before the seed was a setting; seed 1 is another stage."
+    import coincide.demo as d
+    seen = {}
+    def record(demo, name, params, fn):                                   # the stage's parameters, no training
+        seen[demo.cfg.reference_seed] = params
+        return tmp_path, None
+    monkeypatch.setattr(d, 'run_stage', record)
+    for seed in (0, 1):
+        demo = d.Demo(DemoConfig(reference_seed=seed), tmp_path)
+        demo.keys['benchmark'] = 'benchmark-x'
+        d.reference_stage(demo)
+    assert 'seed' not in seen[0] and seen[1]['seed'] == 1
+    assert d.stage_key('reference', seen[0]) != d.stage_key('reference', seen[1])
