@@ -62,7 +62,7 @@ def power_seeds(sd:float, # standard deviation (ddof 1) over seeds of the paired
 def power_config(results:pd.DataFrame, # results.csv of a default run (`summarise`)
                  half_width:float=1.5, # the half-width of COINCIDE - Random to reach, points
                 ) -> DemoConfig:
-    "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from the paired spread pooled over every method."
+    "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from the paired spread pooled over the selection methods."
     r = results.set_index('method')
     n = r.loc['coincide', 'seeds']
     sel = r.drop(['full', 'random'], errors='ignore')                # the selection methods compared with Random
