@@ -1,0 +1,117 @@
+"""The powered comparison with the reference model redrawn for every seed: COINCIDE - Random over reference draws.
+
+The powered run (`bench/results/power/`) compares COINCIDE with Random over 36 stage-2 seeds, all with one reference
+model (reference_seed 0) and one pretrained target, so its interval is conditional on that reference. Another
+machine in effect trains another reference (bench/results/reproducibility.md). Here unit i pairs its own reference
+model (reference_seed i + 1) with its own stage-2 seed i: COINCIDE selects with reference i + 1, the target (the
+powered run's, target_seed 1) is instruction-tuned on that subset with seed i, and the difference to Random's seed-i
+draw is one sample of COINCIDE - Random over reference draws and seeds together.
+
+Design, fixed before the first unit ran (bench/results/README_issue13.md, session 8):
+- 12 units (seeds 0-11, references 1-12), chosen for time (about 5 minutes per unit on one core here);
+- the powered run's benchmark (300 items per suite), scored suites and full-data accuracy pooled over its 36 seeds;
+  Random's and reference 0's rows are the powered run's (`--power`, its results_per_seed.csv);
+- per unit: D_i = rel(COINCIDE with reference i+1, seed i) - rel(Random, seed i) and
+  E_i = rel(COINCIDE with reference i+1, seed i) - rel(COINCIDE with reference 0, seed i);
+- reported: mean, sd (ddof 1) and 95 % t-interval of D and of E; the between-reference sd
+  sqrt(max(0, sd(D)^2 - sd_seed^2)) with sd_seed the paired sd over the powered run's 36 seeds; and the 95 %
+  prediction interval for a 36-seed rerun with a new reference, mean(D) +- t(0.975, U-1) *
+  sqrt(sd_ref^2 + sd_seed^2 / 36 + sd(D)^2 / U).
+
+    python bench/redraw_power.py --cache /tmp/power7/cache --units 12 --jobs 2
+
+writes bench/results/redraw_power.csv (one row per unit, appended as units finish, so a crash loses nothing) and
+bench/results/redraw_power.json (the summary). The target and the benchmark come from --cache; each unit adds its
+reference, extraction, clustering, selection and one target training to it.
+"""
+import argparse, json, math, time
+from dataclasses import replace
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+POWER = dict(n_eval=300, methods=('random', 'coincide'))     # the powered run's benchmark (its methods do not enter stage keys)
+
+
+def run_unit(unit:int, # seed i; the reference is reference_seed i + 1
+             cache:str, # the powered run's stage cache
+            ) -> dict: # unit, reference_seed, seed, seconds, the subset's size and every suite's accuracy
+    "Select with reference i + 1 and instruction-tune the powered run's target on it with seed i (cached stages)."
+    import torch
+    from coincide.demo import DEMO_THREADS, Demo, DemoConfig, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
+    torch.set_num_threads(DEMO_THREADS)                          # stage keys hold the thread count: the powered run used 1
+    t0 = time.perf_counter()
+    demo = Demo(replace(DemoConfig(), **POWER, reference_seed=unit + 1), Path(cache), 'cpu')
+    benchmark_stage(demo)
+    idx, _ = coincide_stages(demo, reference_stage(demo))
+    acc = target_stage(demo, 'coincide', idx, unit, target_init_stage(demo))
+    return {'unit': unit, 'reference_seed': unit + 1, 'seed': unit, 'select_key': demo.keys['select-coincide'],
+            'seconds': round(time.perf_counter() - t0), **acc}
+
+
+def summary(units:pd.DataFrame, # one row per unit: seed, suites
+            power:pd.DataFrame, # the powered run's results_per_seed.csv
+            scored:list, # the powered run's scored suites
+           ) -> tuple: # (units with rel, D, E; summary dict)
+    "D and E per unit and the design's summary statistics."
+    from coincide.demo import relative_per_seed
+    full = power[power.method == 'full']
+    rows = pd.concat([full, units.assign(method='coincide-redrawn')], ignore_index=True)
+    rel = relative_per_seed(rows, scored)[len(full):].to_numpy()
+    p = power.assign(relative=relative_per_seed(power, scored)).set_index(['method', 'seed'])['relative']
+    seeds = units.seed.to_numpy()
+    out = units.assign(relative=rel, random=p['random'].loc[seeds].to_numpy(), coincide_ref0=p['coincide'].loc[seeds].to_numpy())
+    out = out.assign(D=out.relative - out.random, E=out.relative - out.coincide_ref0)
+    U = len(out)
+    t = stats.t.ppf(0.975, U - 1)
+    def described(v):
+        m, sd = float(v.mean()), float(v.std(ddof=1))
+        return {'mean': m, 'sd': sd, 'ci_low': m - t * sd / math.sqrt(U), 'ci_high': m + t * sd / math.sqrt(U)}
+    d_seed = (p['coincide'] - p['random']).to_numpy()            # the powered run's paired differences (reference 0, 36 seeds)
+    sd_seed, sd_d = float(d_seed.std(ddof=1)), float(out.D.std(ddof=1))
+    sd_ref = math.sqrt(max(0.0, sd_d ** 2 - sd_seed ** 2))
+    half = t * math.sqrt(sd_ref ** 2 + sd_seed ** 2 / len(d_seed) + sd_d ** 2 / U)
+    res = {'units': U, 'D': described(out.D), 'E': described(out.E), 'sd_seed_reference0': sd_seed, 'sd_reference': sd_ref,
+           'prediction_36_seeds': [float(out.D.mean()) - half, float(out.D.mean()) + half],
+           'D_reference0_same_seeds': described(out.coincide_ref0 - out.random)}
+    return out, res
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--cache', required=True, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`)")
+    p.add_argument('--units', type=int, default=12)
+    p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
+    p.add_argument('--power', default=str(ROOT/'bench'/'results'/'power'), help="the powered run's results folder")
+    p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_power.csv'))
+    a = p.parse_args()
+    out = Path(a.out)
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    todo = [u for u in range(a.units) if done.empty or u not in set(done.unit)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from tqdm.auto import tqdm
+    cols = ['unit', 'reference_seed', 'seed', 'seconds', 'select_key']
+    with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex:
+        futures = [ex.submit(run_unit, u, a.cache) for u in todo]
+        for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
+            done = pd.concat([done, pd.DataFrame([f.result()])], ignore_index=True).sort_values('unit')
+            done.to_csv(out, index=False, float_format='%.6g')
+    power = pd.read_csv(Path(a.power)/'results_per_seed.csv')
+    suites = pd.read_csv(Path(a.power)/'suites.csv')
+    scored = suites.suite[suites.scored].tolist()
+    table, res = summary(done[done.unit < a.units], power, scored)
+    ref0 = np.load(Path(a.cache)/json.loads((Path(a.power)/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
+    table['shared_with_reference0'] = [len(np.intersect1d(np.load(Path(a.cache)/k/'indices.npy'), ref0)) / len(ref0) for k in table.select_key]
+    table.to_csv(out, index=False, float_format='%.6g')
+    res |= {'command': 'python bench/redraw_power.py ' + ' '.join(f'--{k} {v}' for k, v in (('cache', a.cache), ('units', a.units), ('jobs', a.jobs))),
+            'shared_with_reference0': {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
+                                       'max': float(table.shared_with_reference0.max())}}
+    out.with_suffix('.json').write_text(json.dumps(res, indent=1) + '\n')
+    print(table[cols[:3] + ['relative', 'random', 'coincide_ref0', 'D', 'E', 'shared_with_reference0']].round(2).to_string(index=False))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == '__main__': main()
