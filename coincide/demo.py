@@ -611,6 +611,9 @@ def demo_args(p, # an argparse.ArgumentParser, filled in place
     p.add_argument('--from', dest='from_', default='demo_out/results.csv', help='results.csv of a default run, for --preset power')
     p.add_argument('--out', default='demo_out', help='output folder (results, plots, and the stage cache in OUT/cache)')
     p.add_argument('--seeds', type=int, default=None, help='stage-2 trainings per method (default 3; 1 with --quick; power: from --from)')
+    p.add_argument('--reference-seed', type=int, default=None, help="seed of the reference model's training (default 0): another seed is "
+                                                                    'another reference model, as another machine in effect trains')
+    p.add_argument('--target-seed', type=int, default=None, help=f'seed of the pretrained target (default {TARGET_SEED}): another seed is another target')
     p.add_argument('--jobs', type=int, default=None, help='target trainings at once, each in its own process (default: one per core up to 4 on a CPU, 1 on a GPU); the results do not depend on it')
     p.add_argument('--device', default=None, help='cpu, cuda, ... for training, extraction, scores and evaluation (default: cuda if available)')
 
@@ -625,6 +628,11 @@ def demo_main(args, # parsed by a parser that `demo_args` set up
     if args.seeds is not None:
         if args.seeds < 1: raise CoincideError(f"--seeds must be at least 1, got {args.seeds}")
         cfg = replace(cfg, seeds=args.seeds)
+    for name in ('reference_seed', 'target_seed'):
+        seed = getattr(args, name)
+        if seed is None: continue
+        if seed < 0: raise CoincideError(f"--{name.replace('_', '-')} must be 0 or more, got {seed}")
+        cfg = replace(cfg, **{name: seed})
     t = time.perf_counter()
     if args.jobs is not None and args.jobs < 1: raise CoincideError(f"--jobs must be at least 1, got {args.jobs}")
     run_demo(cfg, args.out, args.device, args.jobs)

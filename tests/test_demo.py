@@ -113,3 +113,21 @@ def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it
         d.reference_stage(demo)
     assert 'seed' not in seen[0] and seen[1]['seed'] == 1
     assert d.stage_key('reference', seen[0]) != d.stage_key('reference', seen[1])
+
+
+def test_demo_command_passes_reference_and_target_seeds_and_rejects_negative_ones(monkeypatch, tmp_path):
+    "`--reference-seed` and `--target-seed` reach the demo's config; unset, the preset's seeds stay; a negative seed is refused."
+    import argparse
+    import coincide.demo as d
+    from coincide.core import CoincideError
+    seen = []
+    def record(cfg, out, device=None, jobs=None):                          # the config run_demo would get, no training
+        seen.append(cfg); (tmp_path/'results.md').write_text('| table |')
+    monkeypatch.setattr(d, 'run_demo', record)
+    p = argparse.ArgumentParser(); d.demo_args(p)
+    d.demo_main(p.parse_args(['--quick', '--out', str(tmp_path), '--reference-seed', '3', '--target-seed', '5']))
+    d.demo_main(p.parse_args(['--quick', '--out', str(tmp_path)]))
+    assert (seen[0].reference_seed, seen[0].target_seed, seen[0].n_train) == (3, 5, d.QUICK.n_train)
+    assert (seen[1].reference_seed, seen[1].target_seed) == (d.QUICK.reference_seed, d.QUICK.target_seed)
+    with pytest.raises(CoincideError, match='--reference-seed must be 0 or more'):
+        d.demo_main(p.parse_args(['--out', str(tmp_path), '--reference-seed', '-1']))
