@@ -8,9 +8,10 @@ powered run's, target_seed 1) is instruction-tuned on that subset with seed i, a
 draw is one sample of COINCIDE - Random over reference draws and seeds together.
 
 Design, fixed before the first unit ran (bench/results/README_issue13.md, session 8):
-- 12 units (seeds 0-11, references 1-12), chosen for time (about 5 minutes per unit on one core here);
+- 12 units (seeds 0-11, references 1-12), chosen for time (estimated at 5 minutes per unit on one core; they took
+  2 minutes each, two at once);
 - the powered run's benchmark (300 items per suite), scored suites and full-data accuracy pooled over its 36 seeds;
-  Random's and reference 0's rows are the powered run's (`--power`, its results_per_seed.csv);
+  Random's and reference 0's rows are the powered run's (`--power`, default: the folder holding --cache);
 - per unit: D_i = rel(COINCIDE with reference i+1, seed i) - rel(Random, seed i) and
   E_i = rel(COINCIDE with reference i+1, seed i) - rel(COINCIDE with reference 0, seed i);
 - reported: mean, sd (ddof 1) and 95 % t-interval of D and of E; the between-reference sd
@@ -18,10 +19,10 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
   prediction interval for a 36-seed rerun with a new reference, mean(D) +- t(0.975, U-1) *
   sqrt(sd_ref^2 + sd_seed^2 / 36 + sd(D)^2 / U).
 
-    python bench/redraw_power.py --cache /tmp/power7/cache --units 12 --jobs 2
+    python bench/redraw_power.py --cache power_out/cache --units 12 --jobs 2
 
-writes bench/results/redraw_power.csv (one row per unit, appended as units finish, so a crash loses nothing) and
-bench/results/redraw_power.json (the summary). The target and the benchmark come from --cache; each unit adds its
+writes bench/results/redraw_power.csv (one row per unit, written as units finish; a rerun skips the units it holds
+and a failed unit is reported at the end, after the others) and bench/results/redraw_power.json (the summary). The target and the benchmark come from --cache; each unit adds its
 reference, extraction, clustering, selection and one target training to it.
 """
 import argparse, json, math, time
@@ -84,28 +85,34 @@ def main():
     p.add_argument('--cache', required=True, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`)")
     p.add_argument('--units', type=int, default=12)
     p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
-    p.add_argument('--power', default=str(ROOT/'bench'/'results'/'power'), help="the powered run's results folder")
+    p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache)")
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_power.csv'))
     a = p.parse_args()
-    out = Path(a.out)
+    out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
+    if not (power_dir/'results_per_seed.csv').is_file():
+        p.error(f"{power_dir} holds no results_per_seed.csv: pass --power, the output folder of the powered run whose cache --cache is")
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
     todo = [u for u in range(a.units) if done.empty or u not in set(done.unit)]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from tqdm.auto import tqdm
     cols = ['unit', 'reference_seed', 'seed', 'seconds', 'select_key']
+    failed = {}
     with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex:
-        futures = [ex.submit(run_unit, u, a.cache) for u in todo]
+        futures = {ex.submit(run_unit, u, a.cache): u for u in todo}
         for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
-            done = pd.concat([done, pd.DataFrame([f.result()])], ignore_index=True).sort_values('unit')
+            try: row = f.result()
+            except Exception as e: failed[futures[f]] = repr(e); continue
+            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True).sort_values('unit')
             done.to_csv(out, index=False, float_format='%.6g')
-    power = pd.read_csv(Path(a.power)/'results_per_seed.csv')
-    suites = pd.read_csv(Path(a.power)/'suites.csv')
+    if failed: raise SystemExit(f"units {sorted(failed)} failed ({failed}); the others are in {out}: rerun to retry the failed ones")
+    power = pd.read_csv(power_dir/'results_per_seed.csv')
+    suites = pd.read_csv(power_dir/'suites.csv')
     scored = suites.suite[suites.scored].tolist()
-    table, res = summary(done[done.unit < a.units], power, scored)
-    ref0 = np.load(Path(a.cache)/json.loads((Path(a.power)/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
+    table, res = summary(done[done.unit < a.units].drop(columns=['shared_with_reference0'], errors='ignore'), power, scored)
+    ref0 = np.load(Path(a.cache)/json.loads((power_dir/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
     table['shared_with_reference0'] = [len(np.intersect1d(np.load(Path(a.cache)/k/'indices.npy'), ref0)) / len(ref0) for k in table.select_key]
-    table.to_csv(out, index=False, float_format='%.6g')
+    pd.concat([table, done[done.unit >= a.units]]).to_csv(out, index=False, float_format='%.6g')   # rows beyond --units are kept
     res |= {'command': 'python bench/redraw_power.py ' + ' '.join(f'--{k} {v}' for k, v in (('cache', a.cache), ('units', a.units), ('jobs', a.jobs))),
             'shared_with_reference0': {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
                                        'max': float(table.shared_with_reference0.max())}}

@@ -227,7 +227,7 @@ def committed_summary(nb_path:str|Path, # a notebook file with saved outputs
     return None
 
 # %% ../nbs/14_ablations.ipynb #6e934629
-DRAW_POINTS = 10.4 # 1.96 x the between-reference sd of COINCIDE's relative performance (5.31, bench/results/redraw_power.json: 12 reference models, each on its own seed): how far another machine's reference model moves a setting (95 %)
+DRAW_POINTS = 10.4 # 1.96 x the between-reference sd of COINCIDE - Random (5.31, bench/results/redraw_power.json: 12 reference models, each on its own seed; Random does not read the reference): how far another machine's reference model moves a setting (95 %)
 
 def compare_summaries(saved:pd.DataFrame, # from `committed_summary`
                       fresh:pd.DataFrame, # from `summarise_settings`
