@@ -1,0 +1,105 @@
+"""The powered comparison with the pretrained target redrawn: how much the target's draw moves COINCIDE - Random.
+
+`bench/redraw_power.py` redraws the reference model; this redraws the other model another machine trains anew,
+the pretrained target. Unit j pretrains its own target (target_seed j + 2; the powered run's is 1), keeps the
+default reference model and its COINCIDE subset (cached), and trains full data, a fresh Random draw and COINCIDE
+on that target with stage-2 seed 36 + j (seeds the powered run did not use).
+
+Design, fixed before the first unit ran (bench/results/README_issue13.md, session 8):
+- 6 units, chosen for time (a target pretraining takes about 10 minutes on one core here);
+- the powered run's benchmark (300 items per suite) and scored suites; each unit's relative performance is
+  against its own full-data model (one seed);
+- per unit D_j = rel(COINCIDE, target j) - rel(Random, target j); reported: mean, sd (ddof 1) and 95 % t-interval
+  of D, and the between-target sd sqrt(max(0, sd(D)^2 - sd_seed^2)) with sd_seed the powered run's paired sd over
+  its 36 seeds (one target, one reference).
+
+    python bench/redraw_target.py --cache power_out/cache --units 6 --jobs 2
+
+writes bench/results/redraw_target.csv (one row per unit and method, written as units finish) and
+bench/results/redraw_target.json (the summary). Random's draw reads no score, so its cache entry is keyed on the
+powered run's scores stage (`--power`'s manifest) rather than on scores recomputed for every target.
+"""
+import argparse, json, math, time
+from dataclasses import replace
+from pathlib import Path
+import pandas as pd
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+POWER = dict(n_eval=300, methods=('random', 'coincide'))
+FIRST_SEED = 36                                                  # the powered run used seeds 0-35
+
+
+def run_unit(unit:int, # j: target_seed j + 2, stage-2 seed 36 + j
+             cache:str, # the powered run's stage cache
+             scores_key:str, # the powered run's scores stage key (Random's cache entries hang on it)
+            ) -> list: # one row per method: unit, target_seed, seed, method, seconds, every suite's accuracy
+    "Pretrain target j and train full data, a fresh Random draw and the default reference's COINCIDE subset on it."
+    import torch
+    from coincide.demo import DEMO_THREADS, Demo, DemoConfig, baseline_stage, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
+    torch.set_num_threads(DEMO_THREADS)
+    t0, seed = time.perf_counter(), FIRST_SEED + unit
+    demo = Demo(replace(DemoConfig(), **POWER, target_seed=unit + 2), Path(cache), 'cpu')
+    benchmark_stage(demo)
+    idx, _ = coincide_stages(demo, reference_stage(demo))         # the default reference: cached
+    init = target_init_stage(demo)
+    demo.keys['scores'] = scores_key
+    rnd, _ = baseline_stage(demo, 'random', {}, seed)
+    acc = {m: target_stage(demo, m, i, seed, init) for m, i in (('full', None), ('random', rnd), ('coincide', idx))}
+    secs = round(time.perf_counter() - t0)
+    return [{'unit': unit, 'target_seed': unit + 2, 'seed': seed, 'method': m, 'seconds': secs, **a} for m, a in acc.items()]
+
+
+def summary(rows:pd.DataFrame, # one row per unit and method
+            power:pd.DataFrame, # the powered run's results_per_seed.csv
+            scored:list, # the powered run's scored suites
+           ) -> tuple: # (one row per unit: random, coincide, D; summary dict)
+    "Relative performance of Random and COINCIDE against each unit's own full-data model; D and the design's statistics."
+    from coincide.demo import relative_per_seed
+    rel = pd.concat([g.assign(relative=relative_per_seed(g, scored)) for _, g in rows.groupby('unit')])
+    out = rel.pivot(index=['unit', 'target_seed', 'seed'], columns='method', values='relative')[['random', 'coincide']].reset_index()
+    out['D'] = out.coincide - out.random
+    U, t = len(out), stats.t.ppf(0.975, len(out) - 1)
+    m, sd = float(out.D.mean()), float(out.D.std(ddof=1))
+    p = power.assign(relative=relative_per_seed(power, scored)).set_index(['method', 'seed'])['relative']
+    sd_seed = float((p['coincide'] - p['random']).std(ddof=1))
+    return out, {'units': U, 'D': {'mean': m, 'sd': sd, 'ci_low': m - t * sd / math.sqrt(U), 'ci_high': m + t * sd / math.sqrt(U)},
+                 'sd_seed_target1': sd_seed, 'sd_target': math.sqrt(max(0.0, sd ** 2 - sd_seed ** 2)),
+                 'random_relative': {'mean': float(out.random.mean()), 'sd': float(out.random.std(ddof=1))}}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--cache', required=True, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`)")
+    p.add_argument('--units', type=int, default=6)
+    p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
+    p.add_argument('--power', default=None, help="the powered run's output folder (default: the folder holding --cache)")
+    p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_target.csv'))
+    a = p.parse_args()
+    out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
+    if not (power_dir/'manifest.json').is_file(): p.error(f"{power_dir} holds no manifest.json: pass --power, the powered run's output folder")
+    scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    todo = [u for u in range(a.units) if done.empty or u not in set(done.unit)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from tqdm.auto import tqdm
+    failed = {}
+    with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex:
+        futures = {ex.submit(run_unit, u, a.cache, scores_key): u for u in todo}
+        for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
+            try: new = f.result()
+            except Exception as e: failed[futures[f]] = repr(e); continue
+            done = pd.concat([done, pd.DataFrame(new)], ignore_index=True).sort_values(['unit', 'method'])
+            done.to_csv(out, index=False, float_format='%.6g')
+    if failed: raise SystemExit(f"units {sorted(failed)} failed ({failed}); the others are in {out}: rerun to retry the failed ones")
+    power = pd.read_csv(power_dir/'results_per_seed.csv')
+    suites = pd.read_csv(power_dir/'suites.csv')
+    table, res = summary(done[done.unit < a.units], power, suites.suite[suites.scored].tolist())
+    res['command'] = f'python bench/redraw_target.py --cache {a.cache} --units {a.units} --jobs {a.jobs}'
+    out.with_suffix('.json').write_text(json.dumps(res, indent=1) + '\n')
+    print(table.round(2).to_string(index=False))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == '__main__': main()
