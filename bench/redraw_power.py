@@ -52,6 +52,39 @@ def run_unit(unit:int, # seed i; the reference is reference_seed i + 1
             'seconds': round(time.perf_counter() - t0), **acc}
 
 
+def described(v:pd.Series, # (U,) one value per unit
+             ) -> dict: # mean, sd (ddof 1) and the 95 % t-interval of the mean
+    "Mean, sd and 95 % t-interval of per-unit values."
+    U, m, sd = len(v), float(v.mean()), float(v.std(ddof=1))
+    half = stats.t.ppf(0.975, U - 1) * sd / math.sqrt(U)
+    return {'mean': m, 'sd': sd, 'ci_low': m - half, 'ci_high': m + half}
+
+
+def run_units(run_unit, # run_unit(unit, *extra) -> one row dict or a list of row dicts
+              extra:tuple, # further arguments of run_unit
+              units:int, # units 0..units-1 are wanted
+              jobs:int, # units at once, each in a spawned process
+              out:Path, # the CSV of finished rows: units in it are skipped, and it is rewritten as each unit finishes
+              sort:list, # columns to sort the rows by
+             ) -> pd.DataFrame: # every finished row
+    "Run the units not yet in `out`, `jobs` at a time, writing each as it finishes; exit listing failed units after the others."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from tqdm.auto import tqdm
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    todo = [u for u in range(units) if done.empty or u not in set(done.unit)]
+    failed = {}
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as ex:
+        futures = {ex.submit(run_unit, u, *extra): u for u in todo}
+        for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
+            try: rows = f.result()
+            except Exception as e: failed[futures[f]] = repr(e); continue
+            done = pd.concat([done, pd.DataFrame(rows if isinstance(rows, list) else [rows])], ignore_index=True).sort_values(sort)
+            done.to_csv(out, index=False, float_format='%.6g')
+    if failed: raise SystemExit(f"units {sorted(failed)} failed ({failed}); the others are in {out}: rerun to retry the failed ones")
+    return done
+
+
 def summary(units:pd.DataFrame, # one row per unit: seed, suites
             power:pd.DataFrame, # the powered run's results_per_seed.csv
             scored:list, # the powered run's scored suites
@@ -67,9 +100,6 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
     out = out.assign(D=out.relative - out.random, E=out.relative - out.coincide_ref0)
     U = len(out)
     t = stats.t.ppf(0.975, U - 1)
-    def described(v):
-        m, sd = float(v.mean()), float(v.std(ddof=1))
-        return {'mean': m, 'sd': sd, 'ci_low': m - t * sd / math.sqrt(U), 'ci_high': m + t * sd / math.sqrt(U)}
     d_seed = (p['coincide'] - p['random']).to_numpy()            # the powered run's paired differences (reference 0, 36 seeds)
     sd_seed, sd_d = float(d_seed.std(ddof=1)), float(out.D.std(ddof=1))
     sd_ref = math.sqrt(max(0.0, sd_d ** 2 - sd_seed ** 2))
@@ -91,21 +121,7 @@ def main():
     out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
     if not (power_dir/'results_per_seed.csv').is_file():
         p.error(f"{power_dir} holds no results_per_seed.csv: pass --power, the output folder of the powered run whose cache --cache is")
-    done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
-    todo = [u for u in range(a.units) if done.empty or u not in set(done.unit)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from tqdm.auto import tqdm
-    cols = ['unit', 'reference_seed', 'seed', 'seconds', 'select_key']
-    failed = {}
-    with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex:
-        futures = {ex.submit(run_unit, u, a.cache): u for u in todo}
-        for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
-            try: row = f.result()
-            except Exception as e: failed[futures[f]] = repr(e); continue
-            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True).sort_values('unit')
-            done.to_csv(out, index=False, float_format='%.6g')
-    if failed: raise SystemExit(f"units {sorted(failed)} failed ({failed}); the others are in {out}: rerun to retry the failed ones")
+    done = run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
     scored = suites.suite[suites.scored].tolist()
@@ -117,7 +133,7 @@ def main():
             'shared_with_reference0': {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
                                        'max': float(table.shared_with_reference0.max())}}
     out.with_suffix('.json').write_text(json.dumps(res, indent=1) + '\n')
-    print(table[cols[:3] + ['relative', 'random', 'coincide_ref0', 'D', 'E', 'shared_with_reference0']].round(2).to_string(index=False))
+    print(table[['unit', 'reference_seed', 'seed', 'relative', 'random', 'coincide_ref0', 'D', 'E', 'shared_with_reference0']].round(2).to_string(index=False))
     print(json.dumps(res, indent=1))
 
 

@@ -23,10 +23,9 @@ import argparse, json, math, time
 from dataclasses import replace
 from pathlib import Path
 import pandas as pd
-from scipy import stats
+from redraw_power import POWER, described, run_units
 
 ROOT = Path(__file__).resolve().parents[1]
-POWER = dict(n_eval=300, methods=('random', 'coincide'))
 FIRST_SEED = 36                                                  # the powered run used seeds 0-35
 
 
@@ -59,11 +58,10 @@ def summary(rows:pd.DataFrame, # one row per unit and method
     rel = pd.concat([g.assign(relative=relative_per_seed(g, scored)) for _, g in rows.groupby('unit')])
     out = rel.pivot(index=['unit', 'target_seed', 'seed'], columns='method', values='relative')[['random', 'coincide']].reset_index()
     out['D'] = out.coincide - out.random
-    U, t = len(out), stats.t.ppf(0.975, len(out) - 1)
-    m, sd = float(out.D.mean()), float(out.D.std(ddof=1))
+    sd = float(out.D.std(ddof=1))
     p = power.assign(relative=relative_per_seed(power, scored)).set_index(['method', 'seed'])['relative']
     sd_seed = float((p['coincide'] - p['random']).std(ddof=1))
-    return out, {'units': U, 'D': {'mean': m, 'sd': sd, 'ci_low': m - t * sd / math.sqrt(U), 'ci_high': m + t * sd / math.sqrt(U)},
+    return out, {'units': len(out), 'D': described(out.D),
                  'sd_seed_target1': sd_seed, 'sd_target': math.sqrt(max(0.0, sd ** 2 - sd_seed ** 2)),
                  'random_relative': {'mean': float(out.random.mean()), 'sd': float(out.random.std(ddof=1))}}
 
@@ -79,20 +77,7 @@ def main():
     out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
     if not (power_dir/'manifest.json').is_file(): p.error(f"{power_dir} holds no manifest.json: pass --power, the powered run's output folder")
     scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
-    done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
-    todo = [u for u in range(a.units) if done.empty or u not in set(done.unit)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from tqdm.auto import tqdm
-    failed = {}
-    with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as ex:
-        futures = {ex.submit(run_unit, u, a.cache, scores_key): u for u in todo}
-        for f in tqdm(as_completed(futures), total=len(futures), desc='units', unit='unit'):
-            try: new = f.result()
-            except Exception as e: failed[futures[f]] = repr(e); continue
-            done = pd.concat([done, pd.DataFrame(new)], ignore_index=True).sort_values(['unit', 'method'])
-            done.to_csv(out, index=False, float_format='%.6g')
-    if failed: raise SystemExit(f"units {sorted(failed)} failed ({failed}); the others are in {out}: rerun to retry the failed ones")
+    done = run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
     table, res = summary(done[done.unit < a.units], power, suites.suite[suites.scored].tolist())
