@@ -18,11 +18,15 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
   sqrt(max(0, sd(D)^2 - sd_seed^2)) with sd_seed the paired sd over the powered run's 36 seeds; and the 95 %
   prediction interval for a 36-seed rerun with a new reference, mean(D) +- t(0.975, U-1) *
   sqrt(sd_ref^2 + sd_seed^2 / 36 + sd(D)^2 / U).
+- added after the run, to put numbers the README cites into this file (no new unit): each sd's 95 % chi-square
+  interval, and the between-reference sd with each unit left out in turn (its smallest and largest value).
 
     python bench/redraw_power.py --cache power_out/cache --units 12 --jobs 2
 
 writes bench/results/redraw_power.csv (one row per unit, written as units finish; a rerun skips the units it holds
-and a failed unit is reported at the end, after the others) and bench/results/redraw_power.json (the summary). The target and the benchmark come from --cache; each unit adds its
+and a failed unit is reported at the end, after the others) and bench/results/redraw_power.json (the summary).
+`python bench/redraw_power.py --summary-only` recomputes the summary from the committed CSV and the powered run's
+committed folder (bench/results/power/), without a cache. The target and the benchmark come from --cache; each unit adds its
 reference, extraction, clustering, selection and one target training to it.
 """
 import argparse, json, math, time
@@ -53,11 +57,27 @@ def run_unit(unit:int, # seed i; the reference is reference_seed i + 1
 
 
 def described(v:pd.Series, # (U,) one value per unit
-             ) -> dict: # mean, sd (ddof 1) and the 95 % t-interval of the mean
-    "Mean, sd and 95 % t-interval of per-unit values."
+             ) -> dict: # mean, sd (ddof 1), the 95 % t-interval of the mean and the 95 % chi-square interval of the sd
+    "Mean, sd and 95 % intervals of the mean and of the sd of per-unit values."
     U, m, sd = len(v), float(v.mean()), float(v.std(ddof=1))
     half = stats.t.ppf(0.975, U - 1) * sd / math.sqrt(U)
-    return {'mean': m, 'sd': sd, 'ci_low': m - half, 'ci_high': m + half}
+    sd_low, sd_high = (sd * math.sqrt((U - 1) / stats.chi2.ppf(q, U - 1)) for q in (0.975, 0.025))
+    return {'mean': m, 'sd': sd, 'ci_low': m - half, 'ci_high': m + half, 'sd_ci_low': sd_low, 'sd_ci_high': sd_high}
+
+
+def between_sd(d:pd.Series, # (U,) per-unit differences, each with its own draw
+               sd_seed:float, # the paired sd over seeds with one draw
+              ) -> float: # sqrt(max(0, sd(d)^2 - sd_seed^2))
+    "The sd a draw adds on top of seed noise."
+    return math.sqrt(max(0.0, float(d.std(ddof=1)) ** 2 - sd_seed ** 2))
+
+
+def left_out(d:pd.Series, # (U,) per-unit differences
+             sd_seed:float, # the paired sd over seeds with one draw
+            ) -> dict: # smallest and largest between-draw sd with one unit left out, and the units that give them
+    "How much one unit moves the between-draw sd: `between_sd` with each unit left out in turn."
+    v = pd.Series({u: between_sd(d.drop(u), sd_seed) for u in d.index})
+    return {'min': float(v.min()), 'min_without_unit': int(v.idxmin()), 'max': float(v.max()), 'max_without_unit': int(v.idxmax())}
 
 
 def run_units(run_unit, # run_unit(unit, *extra) -> one row dict or a list of row dicts
@@ -102,37 +122,67 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
     t = stats.t.ppf(0.975, U - 1)
     d_seed = (p['coincide'] - p['random']).to_numpy()            # the powered run's paired differences (reference 0, 36 seeds)
     sd_seed, sd_d = float(d_seed.std(ddof=1)), float(out.D.std(ddof=1))
-    sd_ref = math.sqrt(max(0.0, sd_d ** 2 - sd_seed ** 2))
+    sd_ref = between_sd(out.D, sd_seed)
     half = t * math.sqrt(sd_ref ** 2 + sd_seed ** 2 / len(d_seed) + sd_d ** 2 / U)
     res = {'units': U, 'D': described(out.D), 'E': described(out.E), 'sd_seed_reference0': sd_seed, 'sd_reference': sd_ref,
+           'sd_reference_one_unit_left_out': left_out(out.set_index('unit').D, sd_seed),
            'prediction_36_seeds': [float(out.D.mean()) - half, float(out.D.mean()) + half],
            'D_reference0_same_seeds': described(out.coincide_ref0 - out.random)}
     return out, res
 
 
+def power_folder(p, # the argument parser, for its error
+                 a, # parsed arguments with cache, power and summary_only
+                 need:str, # a file the folder must hold
+                ) -> Path: # the powered run's output folder
+    "The powered run's folder: --power, else the committed one (summary only), else the folder holding --cache."
+    if a.power: d = Path(a.power)
+    elif a.summary_only: d = ROOT/'bench'/'results'/'power'
+    elif a.cache: d = Path(a.cache).resolve().parent
+    else: p.error("pass --cache (the powered run's stage cache) to run units, or --summary-only")
+    if not (d/need).is_file(): p.error(f"{d} holds no {need}: pass --power, the output folder of the powered run whose cache --cache is")
+    return d
+
+
+def write_summary(out:Path, # the units' CSV; the summary goes next to it as .json
+                  res:dict, # the summary
+                  script:str, # the script's name in bench/
+                  command:str, # the command that ran the units
+                  summary_only:bool): # recomputed from the CSV: keep the JSON's run command, add this one
+    "Write the summary JSON with the command that ran the units (and, if recomputed, the one that recomputed it)."
+    js = out.with_suffix('.json')
+    if summary_only:
+        res |= {'command': json.loads(js.read_text())['command'] if js.is_file() else None,
+                'summary_command': f'python bench/{script} --summary-only'}
+    else: res['command'] = command
+    js.write_text(json.dumps(res, indent=1) + '\n')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--cache', required=True, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`)")
+    p.add_argument('--cache', default=None, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`); needed to run units")
     p.add_argument('--units', type=int, default=12)
     p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
-    p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache)")
+    p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache, or bench/results/power with --summary-only)")
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_power.csv'))
+    p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it, its subsets\' overlap included')
     a = p.parse_args()
-    out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
-    if not (power_dir/'results_per_seed.csv').is_file():
-        p.error(f"{power_dir} holds no results_per_seed.csv: pass --power, the output folder of the powered run whose cache --cache is")
-    done = run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
+    out, power_dir = Path(a.out), power_folder(p, a, 'results_per_seed.csv')
+    if a.summary_only: done = pd.read_csv(out)
+    else: done = run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
     scored = suites.suite[suites.scored].tolist()
-    table, res = summary(done[done.unit < a.units].drop(columns=['shared_with_reference0'], errors='ignore'), power, scored)
-    ref0 = np.load(Path(a.cache)/json.loads((power_dir/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
-    table['shared_with_reference0'] = [len(np.intersect1d(np.load(Path(a.cache)/k/'indices.npy'), ref0)) / len(ref0) for k in table.select_key]
-    pd.concat([table, done[done.unit >= a.units]]).to_csv(out, index=False, float_format='%.6g')   # rows beyond --units are kept
-    res |= {'command': 'python bench/redraw_power.py ' + ' '.join(f'--{k} {v}' for k, v in (('cache', a.cache), ('units', a.units), ('jobs', a.jobs))),
-            'shared_with_reference0': {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
-                                       'max': float(table.shared_with_reference0.max())}}
-    out.with_suffix('.json').write_text(json.dumps(res, indent=1) + '\n')
+    mine = done[done.unit < a.units]
+    table, res = summary(mine.drop(columns=['shared_with_reference0'], errors='ignore'), power, scored)
+    if a.summary_only: table['shared_with_reference0'] = mine.shared_with_reference0.to_numpy()
+    else:
+        ref0 = np.load(Path(a.cache)/json.loads((power_dir/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
+        table['shared_with_reference0'] = [len(np.intersect1d(np.load(Path(a.cache)/k/'indices.npy'), ref0)) / len(ref0) for k in table.select_key]
+    if not a.summary_only: pd.concat([table, done[done.unit >= a.units]]).to_csv(out, index=False, float_format='%.6g')   # rows beyond --units are kept
+    res['shared_with_reference0'] = {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
+                                     'max': float(table.shared_with_reference0.max())}
+    write_summary(out, res, 'redraw_power.py', f'python bench/redraw_power.py --cache {a.cache} --units {a.units} --jobs {a.jobs}', a.summary_only)
     print(table[['unit', 'reference_seed', 'seed', 'relative', 'random', 'coincide_ref0', 'D', 'E', 'shared_with_reference0']].round(2).to_string(index=False))
     print(json.dumps(res, indent=1))
 

@@ -12,18 +12,22 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
 - per unit D_j = rel(COINCIDE, target j) - rel(Random, target j); reported: mean, sd (ddof 1) and 95 % t-interval
   of D, and the between-target sd sqrt(max(0, sd(D)^2 - sd_seed^2)) with sd_seed the powered run's paired sd over
   its 36 seeds (one target, one reference).
+- added after the run, to put numbers the README cites into this file (no new unit): the sd's 95 % chi-square
+  interval, the between-target sd with each unit left out in turn, and the sd of a 36-seed rerun that redraws both
+  models, sqrt(sd_reference^2 + sd_target^2 + sd_seed^2 / 36), with sd_reference from redraw_power.json.
 
     python bench/redraw_target.py --cache power_out/cache --units 6 --jobs 2
 
 writes bench/results/redraw_target.csv (one row per unit and method, written as units finish) and
-bench/results/redraw_target.json (the summary). Random's draw reads no score, so its cache entry is keyed on the
+bench/results/redraw_target.json (the summary); `python bench/redraw_target.py --summary-only` recomputes the summary
+from the committed CSVs without a cache. Random's draw reads no score, so its cache entry is keyed on the
 powered run's scores stage (`--power`'s manifest) rather than on scores recomputed for every target.
 """
 import argparse, json, math, time
 from dataclasses import replace
 from pathlib import Path
 import pandas as pd
-from redraw_power import POWER, described, run_units
+from redraw_power import POWER, between_sd, described, left_out, power_folder, run_units, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 36                                                  # the powered run used seeds 0-35
@@ -52,37 +56,44 @@ def run_unit(unit:int, # j: target_seed j + 2, stage-2 seed 36 + j
 def summary(rows:pd.DataFrame, # one row per unit and method
             power:pd.DataFrame, # the powered run's results_per_seed.csv
             scored:list, # the powered run's scored suites
+            sd_reference:float, # the between-reference sd (redraw_power.json)
            ) -> tuple: # (one row per unit: random, coincide, D; summary dict)
     "Relative performance of Random and COINCIDE against each unit's own full-data model; D and the design's statistics."
     from coincide.demo import relative_per_seed
     rel = pd.concat([g.assign(relative=relative_per_seed(g, scored)) for _, g in rows.groupby('unit')])
     out = rel.pivot(index=['unit', 'target_seed', 'seed'], columns='method', values='relative')[['random', 'coincide']].reset_index()
     out['D'] = out.coincide - out.random
-    sd = float(out.D.std(ddof=1))
     p = power.assign(relative=relative_per_seed(power, scored)).set_index(['method', 'seed'])['relative']
-    sd_seed = float((p['coincide'] - p['random']).std(ddof=1))
+    d_seed = (p['coincide'] - p['random']).to_numpy()            # the powered run's paired differences (one target, 36 seeds)
+    sd_seed = float(d_seed.std(ddof=1))
+    sd_target = between_sd(out.D, sd_seed)
     return out, {'units': len(out), 'D': described(out.D),
-                 'sd_seed_target1': sd_seed, 'sd_target': math.sqrt(max(0.0, sd ** 2 - sd_seed ** 2)),
+                 'sd_seed_target1': sd_seed, 'sd_target': sd_target,
+                 'sd_target_one_unit_left_out': left_out(out.set_index('unit').D, sd_seed),
+                 'sd_rerun_both_redrawn_36_seeds': math.sqrt(sd_reference ** 2 + sd_target ** 2 + sd_seed ** 2 / len(d_seed)),
                  'random_relative': {'mean': float(out.random.mean()), 'sd': float(out.random.std(ddof=1))}}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--cache', required=True, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`)")
+    p.add_argument('--cache', default=None, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`); needed to run units")
     p.add_argument('--units', type=int, default=6)
     p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
-    p.add_argument('--power', default=None, help="the powered run's output folder (default: the folder holding --cache)")
+    p.add_argument('--power', default=None, help="the powered run's output folder (default: the folder holding --cache, or bench/results/power with --summary-only)")
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_target.csv'))
+    p.add_argument('--reference-summary', default=str(ROOT/'bench'/'results'/'redraw_power.json'), help="redraw_power.py's summary, for the between-reference sd")
+    p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it')
     a = p.parse_args()
-    out, power_dir = Path(a.out), Path(a.power) if a.power else Path(a.cache).resolve().parent
-    if not (power_dir/'manifest.json').is_file(): p.error(f"{power_dir} holds no manifest.json: pass --power, the powered run's output folder")
-    scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
-    done = run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
+    out, power_dir = Path(a.out), power_folder(p, a, 'manifest.json')
+    if a.summary_only: done = pd.read_csv(out)
+    else:
+        scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
+        done = run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
-    table, res = summary(done[done.unit < a.units], power, suites.suite[suites.scored].tolist())
-    res['command'] = f'python bench/redraw_target.py --cache {a.cache} --units {a.units} --jobs {a.jobs}'
-    out.with_suffix('.json').write_text(json.dumps(res, indent=1) + '\n')
+    sd_reference = json.loads(Path(a.reference_summary).read_text())['sd_reference']
+    table, res = summary(done[done.unit < a.units], power, suites.suite[suites.scored].tolist(), sd_reference)
+    write_summary(out, res, 'redraw_target.py', f'python bench/redraw_target.py --cache {a.cache} --units {a.units} --jobs {a.jobs}', a.summary_only)
     print(table.round(2).to_string(index=False))
     print(json.dumps(res, indent=1))
 

@@ -6,7 +6,7 @@
 __all__ = ['SEEDS', 'FRACTIONS', 'MARK', 'DRAW_POINTS', 'feature_subset', 'open_demo', 'feature_variant', 'cluster_variant',
            'reference_variant', 'coincide_sweep', 'budget_accounting', 'baseline_indices', 'random_draws', 'train_rows',
            'with_relative', 'compared_with', 'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line',
-           'committed_summary', 'compare_summaries']
+           'committed_summary', 'compare_summaries', 'rerun_failure_rates']
 
 # %% ../nbs/14_ablations.ipynb #ef512368
 import json
@@ -241,3 +241,23 @@ def compare_summaries(saved:pd.DataFrame, # from `committed_summary`
     df = np.maximum(m.seeds_saved + m.seeds_fresh - 2, 1)
     tol = stats.t.ppf(0.5 + confidence / 2, df) * se + draw
     return m[~((m.relative_saved - m.relative_fresh).abs() <= tol)]
+
+# %% ../nbs/14_ablations.ipynb #d278e260
+def rerun_failure_rates(saved:pd.DataFrame, # from `committed_summary`: relative, sd, seeds per row
+                        shift_sd:float, # sd of a row's shift on another machine (the rows that read the reference)
+                        reads_reference:np.ndarray, # (rows,) bool: the row's method reads the reference model
+                        draw:float=DRAW_POINTS, # the check's allowance for a redraw
+                        n_sim:int=20_000, # simulated reruns
+                        seed:int=0, # seeds the simulation
+                       ) -> np.ndarray: # (rows,) float64 share of reruns elsewhere in which `compare_summaries` flags the row
+    "How often a rerun on another machine fails the check, per row: both runs' seeds drawn with the row's sd, the rerun's mean shifted by N(0, shift_sd^2)."
+    rng = np.random.default_rng(seed)
+    sd, k = saved.sd.to_numpy()[:, None, None], saved.seeds.to_numpy().astype(int)
+    if len(set(k)) != 1: raise CoincideError(f"rerun_failure_rates: rows with different seed counts ({sorted(set(k))}) are not supported")
+    k = int(k[0])
+    a, b = (sd * rng.standard_normal((len(saved), n_sim, k)) for _ in range(2))      # (rows, sims, seeds) seed noise of each run
+    shift = np.where(np.asarray(reads_reference)[:, None], shift_sd * rng.standard_normal((len(saved), n_sim)), 0.0)
+    diff = a.mean(2) - b.mean(2) - shift                                               # (rows, sims)
+    se = np.sqrt(a.var(2, ddof=1) / k + b.var(2, ddof=1) / k)
+    tol = stats.t.ppf(0.975, 2 * k - 2) * se + draw
+    return (np.abs(diff) > tol).mean(1)
