@@ -1,9 +1,9 @@
 """`coincide cluster RUN` driven as a user would: planted clusters come back, runs repeat to the byte,
 and every kind of bad input stops with exit 2 and a message that names it."""
-import json, shutil
+import json, shutil, warnings
 import numpy as np
 import pytest
-from coincide.clustering import planted_clusters, agreement
+from coincide.clustering import planted_clusters, agreement, spherical_kmeans
 from coincide.core import sha256_file
 
 OUTPUTS = ('centroids.npy', 'assignments.npy', 'cluster.manifest.json')
@@ -196,3 +196,13 @@ def test_pca_keeps_the_centroid_contract(capsys, tmp_path):
     for c in range(4):                                    # each centroid is its cluster's normalised mean
         m = x[assign == c].astype(np.float64).mean(0)
         np.testing.assert_allclose(cent[c], m / np.linalg.norm(m), atol=1e-5)
+
+
+def test_few_rows_a_cluster_warned_once_in_python_not_by_faiss(capfd):
+    x = planted_clusters(300, 16, 4, seed=0)[0]
+    with pytest.warns(UserWarning, match=r'300 training rows for 30 clusters, 10\.0 a cluster'):
+        spherical_kmeans(x, 30, niter=5, backend='faiss')
+    assert 'please provide at least' not in capfd.readouterr().err     # faiss' own C-level warning is silenced
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='k-means:')
+        spherical_kmeans(x, 4, niter=5, backend='faiss')                  # 75 a cluster: no warning
