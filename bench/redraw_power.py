@@ -19,7 +19,11 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
   prediction interval for a 36-seed rerun with a new reference, mean(D) +- t(0.975, U-1) *
   sqrt(sd_ref^2 + sd_seed^2 / 36 + sd(D)^2 / U).
 - added after the run, to put numbers the README cites into this file (no new unit): each sd's 95 % chi-square
-  interval, and the between-reference sd with each unit left out in turn (its smallest and largest value).
+  interval; the between-reference sd with each unit left out in turn (its smallest and largest value); and the
+  between-reference sd of COINCIDE's own relative performance, sqrt(max(0, sd(rel)^2 - sd_seed_rel^2)) with
+  sd_seed_rel COINCIDE's sd over the powered run's 36 seeds. The last is the scale of one table row, which is what
+  the ablation check compares; the first is the scale of a paired difference, whose seed sd (2.95) is small
+  because COINCIDE and Random share a seed's data order, a pairing a new reference partly breaks.
 
     python bench/redraw_power.py --cache power_out/cache --units 12 --jobs 2
 
@@ -72,9 +76,9 @@ def between_sd(d:pd.Series, # (U,) per-unit differences, each with its own draw
     return math.sqrt(max(0.0, float(d.std(ddof=1)) ** 2 - sd_seed ** 2))
 
 
-def left_out(d:pd.Series, # (U,) per-unit differences
-             sd_seed:float, # the paired sd over seeds with one draw
-            ) -> dict: # smallest and largest between-draw sd with one unit left out, and the units that give them
+def between_sd_leave_one_out(d:pd.Series, # (U,) per-unit differences, indexed by unit
+                             sd_seed:float, # the paired sd over seeds with one draw
+                            ) -> dict: # smallest and largest between-draw sd with one unit left out, and the units that give them
     "How much one unit moves the between-draw sd: `between_sd` with each unit left out in turn."
     v = pd.Series({u: between_sd(d.drop(u), sd_seed) for u in d.index})
     return {'min': float(v.min()), 'min_without_unit': int(v.idxmin()), 'max': float(v.max()), 'max_without_unit': int(v.idxmax())}
@@ -125,22 +129,28 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
     sd_ref = between_sd(out.D, sd_seed)
     half = t * math.sqrt(sd_ref ** 2 + sd_seed ** 2 / len(d_seed) + sd_d ** 2 / U)
     res = {'units': U, 'D': described(out.D), 'E': described(out.E), 'sd_seed_reference0': sd_seed, 'sd_reference': sd_ref,
-           'sd_reference_one_unit_left_out': left_out(out.set_index('unit').D, sd_seed),
+           'sd_reference_one_unit_left_out': between_sd_leave_one_out(out.set_index('unit').D, sd_seed),
+           'sd_reference_row': between_sd(out.relative, float(p['coincide'].std(ddof=1))),
            'prediction_36_seeds': [float(out.D.mean()) - half, float(out.D.mean()) + half],
            'D_reference0_same_seeds': described(out.coincide_ref0 - out.random)}
     return out, res
 
 
-def power_folder(p, # the argument parser, for its error
-                 a, # parsed arguments with cache, power and summary_only
-                 need:str, # a file the folder must hold
-                ) -> Path: # the powered run's output folder
-    "The powered run's folder: --power, else the committed one (summary only), else the folder holding --cache."
-    if a.power: d = Path(a.power)
-    elif a.summary_only: d = ROOT/'bench'/'results'/'power'
-    elif a.cache: d = Path(a.cache).resolve().parent
-    else: p.error("pass --cache (the powered run's stage cache) to run units, or --summary-only")
-    if not (d/need).is_file(): p.error(f"{d} holds no {need}: pass --power, the output folder of the powered run whose cache --cache is")
+def check_args(p, # the argument parser, for its errors
+               a, # parsed arguments with cache, power, out and summary_only
+               need:list, # files the powered run's folder must hold
+              ) -> Path: # the powered run's output folder
+    "Refuse what cannot run (units without --cache; a summary without its CSV or the JSON holding the run's command); return the powered run's folder."
+    out = Path(a.out)
+    if a.summary_only:
+        if not out.is_file(): p.error(f"--summary-only: {out} does not exist: run the units first (with --cache)")
+        js = out.with_suffix('.json')
+        if not js.is_file() or 'command' not in json.loads(js.read_text()):
+            p.error(f"--summary-only: {js} holds no 'command' of the run that wrote {out}: run the units (with --cache) to write it")
+    elif not a.cache: p.error("pass --cache (the powered run's stage cache) to run units, or --summary-only")
+    d = Path(a.power) if a.power else ROOT/'bench'/'results'/'power' if a.summary_only else Path(a.cache).resolve().parent
+    for f in need:
+        if not (d/f).is_file(): p.error(f"{d} holds no {f}: pass --power, the output folder of the powered run whose cache --cache is")
     return d
 
 
@@ -151,9 +161,7 @@ def write_summary(out:Path, # the units' CSV; the summary goes next to it as .js
                   summary_only:bool): # recomputed from the CSV: keep the JSON's run command, add this one
     "Write the summary JSON with the command that ran the units (and, if recomputed, the one that recomputed it)."
     js = out.with_suffix('.json')
-    if summary_only:
-        res |= {'command': json.loads(js.read_text())['command'] if js.is_file() else None,
-                'summary_command': f'python bench/{script} --summary-only'}
+    if summary_only: res |= {'command': json.loads(js.read_text())['command'], 'summary_command': f'python bench/{script} --summary-only'}
     else: res['command'] = command
     js.write_text(json.dumps(res, indent=1) + '\n')
 
@@ -165,11 +173,13 @@ def main():
     p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
     p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache, or bench/results/power with --summary-only)")
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_power.csv'))
-    p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it, its subsets\' overlap included')
+    p.add_argument('--summary-only', action='store_true', help="run no unit and leave --out as it is: recompute the summary (.json) from it, its subsets' overlap included")
     a = p.parse_args()
-    out, power_dir = Path(a.out), power_folder(p, a, 'results_per_seed.csv')
-    if a.summary_only: done = pd.read_csv(out)
-    else: done = run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
+    out, power_dir = Path(a.out), check_args(p, a, ['results_per_seed.csv', 'suites.csv', 'manifest.json'])
+    if not a.summary_only: run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
+    done = pd.read_csv(out)                                      # the summary always comes from the CSV as written (six digits)
+    if a.summary_only and 'shared_with_reference0' not in done:
+        p.error(f"{out} has no shared_with_reference0 column (a run that stopped before its summary): rerun the units with --cache")
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
     scored = suites.suite[suites.scored].tolist()
@@ -179,7 +189,7 @@ def main():
     else:
         ref0 = np.load(Path(a.cache)/json.loads((power_dir/'manifest.json').read_text())['stage_keys']['select-coincide']/'indices.npy')
         table['shared_with_reference0'] = [len(np.intersect1d(np.load(Path(a.cache)/k/'indices.npy'), ref0)) / len(ref0) for k in table.select_key]
-    if not a.summary_only: pd.concat([table, done[done.unit >= a.units]]).to_csv(out, index=False, float_format='%.6g')   # rows beyond --units are kept
+        pd.concat([table, done[done.unit >= a.units]]).to_csv(out, index=False, float_format='%.6g')   # rows beyond --units are kept
     res['shared_with_reference0'] = {'mean': float(table.shared_with_reference0.mean()), 'min': float(table.shared_with_reference0.min()),
                                      'max': float(table.shared_with_reference0.max())}
     write_summary(out, res, 'redraw_power.py', f'python bench/redraw_power.py --cache {a.cache} --units {a.units} --jobs {a.jobs}', a.summary_only)

@@ -13,8 +13,10 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
   of D, and the between-target sd sqrt(max(0, sd(D)^2 - sd_seed^2)) with sd_seed the powered run's paired sd over
   its 36 seeds (one target, one reference).
 - added after the run, to put numbers the README cites into this file (no new unit): the sd's 95 % chi-square
-  interval, the between-target sd with each unit left out in turn, and the sd of a 36-seed rerun that redraws both
-  models, sqrt(sd_reference^2 + sd_target^2 + sd_seed^2 / 36), with sd_reference from redraw_power.json.
+  interval, the between-target sd with each unit left out in turn, the sd of a 36-seed rerun that redraws both
+  models, sqrt(sd_reference^2 + sd_target^2 + sd_seed^2 / 36), with sd_reference from redraw_power.json, and the
+  between-target sd of Random's and of COINCIDE's own relative performance (the scale of one table row, against
+  each method's sd over the powered run's 36 seeds).
 
     python bench/redraw_target.py --cache power_out/cache --units 6 --jobs 2
 
@@ -27,7 +29,7 @@ import argparse, json, math, time
 from dataclasses import replace
 from pathlib import Path
 import pandas as pd
-from redraw_power import POWER, between_sd, described, left_out, power_folder, run_units, write_summary
+from redraw_power import POWER, between_sd, between_sd_leave_one_out, check_args, described, run_units, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 36                                                  # the powered run used seeds 0-35
@@ -69,7 +71,8 @@ def summary(rows:pd.DataFrame, # one row per unit and method
     sd_target = between_sd(out.D, sd_seed)
     return out, {'units': len(out), 'D': described(out.D),
                  'sd_seed_target1': sd_seed, 'sd_target': sd_target,
-                 'sd_target_one_unit_left_out': left_out(out.set_index('unit').D, sd_seed),
+                 'sd_target_one_unit_left_out': between_sd_leave_one_out(out.set_index('unit').D, sd_seed),
+                 'sd_target_row': {m: between_sd(out[m], float(p[m].std(ddof=1))) for m in ('random', 'coincide')},
                  'sd_rerun_both_redrawn_36_seeds': math.sqrt(sd_reference ** 2 + sd_target ** 2 + sd_seed ** 2 / len(d_seed)),
                  'random_relative': {'mean': float(out.random.mean()), 'sd': float(out.random.std(ddof=1))}}
 
@@ -84,11 +87,11 @@ def main():
     p.add_argument('--reference-summary', default=str(ROOT/'bench'/'results'/'redraw_power.json'), help="redraw_power.py's summary, for the between-reference sd")
     p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it')
     a = p.parse_args()
-    out, power_dir = Path(a.out), power_folder(p, a, 'manifest.json')
-    if a.summary_only: done = pd.read_csv(out)
-    else:
+    out, power_dir = Path(a.out), check_args(p, a, ['results_per_seed.csv', 'suites.csv', 'manifest.json'])
+    if not a.summary_only:
         scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
-        done = run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
+        run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
+    done = pd.read_csv(out)                                      # the summary always comes from the CSV as written (six digits)
     power = pd.read_csv(power_dir/'results_per_seed.csv')
     suites = pd.read_csv(power_dir/'suites.csv')
     sd_reference = json.loads(Path(a.reference_summary).read_text())['sd_reference']

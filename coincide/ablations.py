@@ -6,7 +6,7 @@
 __all__ = ['SEEDS', 'FRACTIONS', 'MARK', 'DRAW_POINTS', 'feature_subset', 'open_demo', 'feature_variant', 'cluster_variant',
            'reference_variant', 'coincide_sweep', 'budget_accounting', 'baseline_indices', 'random_draws', 'train_rows',
            'with_relative', 'compared_with', 'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line',
-           'committed_summary', 'compare_summaries', 'rerun_failure_rates']
+           'committed_summary', 'seed_tolerance', 'compare_summaries', 'rerun_failure_rates']
 
 # %% ../nbs/14_ablations.ipynb #ef512368
 import json
@@ -227,7 +227,15 @@ def committed_summary(nb_path:str|Path, # a notebook file with saved outputs
     return None
 
 # %% ../nbs/14_ablations.ipynb #6e934629
-DRAW_POINTS = 10.4 # 1.96 x the between-reference sd of COINCIDE - Random (5.31, bench/results/redraw_power.json: 12 reference models, each on its own seed; Random does not read the reference): how far another machine's reference model moves a setting (95 %)
+DRAW_POINTS = 11.5 # points another machine's reference model and target can move a row by: the smallest half point at which 95 % of reruns elsewhere pass every row (`rerun_failure_rates`, rows apart, the row-scale redraw sds of bench/results/redraw_power.json and redraw_target.json)
+
+def seed_tolerance(sd_a:np.ndarray, n_a:np.ndarray, # (rows,) sd over seeds (ddof 1) and seed count of one run
+                   sd_b:np.ndarray, n_b:np.ndarray, # (rows,) the same for the other run
+                   confidence:float=0.95, # coverage
+                  ) -> np.ndarray: # (rows,) float64 half-width
+    "Half-width of the t-interval of the difference of two runs' means over seeds (df = n_a + n_b - 2)."
+    se = np.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
+    return stats.t.ppf(0.5 + confidence / 2, np.maximum(n_a + n_b - 2, 1)) * se
 
 def compare_summaries(saved:pd.DataFrame, # from `committed_summary`
                       fresh:pd.DataFrame, # from `summarise_settings`
@@ -237,27 +245,28 @@ def compare_summaries(saved:pd.DataFrame, # from `committed_summary`
     "Settings whose fresh mean left the saved one by more than the t-interval of the difference of two means over seeds plus `draw`."
     key = ['ablation', 'setting', 'method']
     m = saved.astype({'setting': str}).merge(fresh.astype({'setting': str}), on=key, suffixes=('_saved', '_fresh'), how='outer')
-    se = np.sqrt(m.sd_saved.fillna(0) ** 2 / m.seeds_saved + m.sd_fresh.fillna(0) ** 2 / m.seeds_fresh)   # (rows,) of the difference of means
-    df = np.maximum(m.seeds_saved + m.seeds_fresh - 2, 1)
-    tol = stats.t.ppf(0.5 + confidence / 2, df) * se + draw
+    tol = seed_tolerance(m.sd_saved.fillna(0), m.seeds_saved, m.sd_fresh.fillna(0), m.seeds_fresh, confidence) + draw
     return m[~((m.relative_saved - m.relative_fresh).abs() <= tol)]
 
 # %% ../nbs/14_ablations.ipynb #d278e260
-def rerun_failure_rates(saved:pd.DataFrame, # from `committed_summary`: relative, sd, seeds per row
-                        shift_sd:float, # sd of a row's shift on another machine (the rows that read the reference)
+def rerun_failure_rates(saved:pd.DataFrame, # from `committed_summary`: sd and seeds per row
                         reads_reference:np.ndarray, # (rows,) bool: the row's method reads the reference model
+                        reference_sd:float, # sd of a row's shift from another reference model (rows that read it)
+                        target_sd:float, # sd of a row's shift from another pretrained target (every row)
+                        shared:bool, # one shift of each kind for all rows of a rerun (rows move together), else one per row
                         draw:float=DRAW_POINTS, # the check's allowance for a redraw
+                        confidence:float=0.95, # the check's seed-noise coverage
                         n_sim:int=20_000, # simulated reruns
                         seed:int=0, # seeds the simulation
-                       ) -> np.ndarray: # (rows,) float64 share of reruns elsewhere in which `compare_summaries` flags the row
-    "How often a rerun on another machine fails the check, per row: both runs' seeds drawn with the row's sd, the rerun's mean shifted by N(0, shift_sd^2)."
+                       ) -> tuple: # ((rows,) share of reruns in which `compare_summaries` flags the row, share in which it flags any row)
+    "How often a rerun on another machine fails the check: both runs' seeds drawn with each row's sd, the rerun's means shifted by its redrawn models."
     rng = np.random.default_rng(seed)
-    sd, k = saved.sd.to_numpy()[:, None, None], saved.seeds.to_numpy().astype(int)
+    k = saved.seeds.to_numpy().astype(int)
     if len(set(k)) != 1: raise CoincideError(f"rerun_failure_rates: rows with different seed counts ({sorted(set(k))}) are not supported")
-    k = int(k[0])
-    a, b = (sd * rng.standard_normal((len(saved), n_sim, k)) for _ in range(2))      # (rows, sims, seeds) seed noise of each run
-    shift = np.where(np.asarray(reads_reference)[:, None], shift_sd * rng.standard_normal((len(saved), n_sim)), 0.0)
-    diff = a.mean(2) - b.mean(2) - shift                                               # (rows, sims)
-    se = np.sqrt(a.var(2, ddof=1) / k + b.var(2, ddof=1) / k)
-    tol = stats.t.ppf(0.975, 2 * k - 2) * se + draw
-    return (np.abs(diff) > tol).mean(1)
+    rows, k, sd = len(saved), int(k[0]), saved.sd.to_numpy()[:, None, None]
+    a, b = (sd * rng.standard_normal((rows, n_sim, k)) for _ in range(2))          # (rows, sims, seeds) each run's seed noise
+    def shift(s): return s * rng.standard_normal((1, n_sim) if shared else (rows, n_sim))
+    moved = np.asarray(reads_reference)[:, None] * shift(reference_sd) + shift(target_sd)   # (rows, sims)
+    sa, sb = a.std(2, ddof=1), b.std(2, ddof=1)
+    flagged = np.abs(a.mean(2) - b.mean(2) - moved) > seed_tolerance(sa, k, sb, k, confidence) + draw
+    return flagged.mean(1), float(flagged.any(0).mean())

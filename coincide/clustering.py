@@ -274,8 +274,8 @@ FEW_ROWS = 39 # fewer training rows than this per cluster make noisy centroids (
 def _train(xs:np.ndarray, k:int, niter:int, seed:int, backend:str, device, chunk:int, init:str=ClusterConfig.init) -> tuple:
     "Train on the in-memory sample `xs` (m, d) float32; return (k, d) float32 centroids and training stats."
     if len(xs) < FEW_ROWS * k:   # said in Python (a filterable warning), not by faiss printing from C into any progress bar
-        warnings.warn(f"k-means: {len(xs)} training rows for {k} clusters, {len(xs) / k:.1f} a cluster (fewer than {FEW_ROWS}): "
-                      "the centroids are noisy; a smaller K gives steadier clusters", stacklevel=3)
+        warnings.warn(f"k-means trains on {len(xs)} rows for {k} clusters, {len(xs) / k:.1f} a cluster (fewer than {FEW_ROWS}): the centroids "
+                      "are noisy; give each more rows (a smaller K, or a larger max_points_per_centroid if it caps them)", stacklevel=3)
     if backend == 'faiss':
         try: import faiss
         except ImportError: raise CoincideError("--backend faiss needs faiss: pip install faiss-cpu, or use --backend torch") from None

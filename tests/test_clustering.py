@@ -198,9 +198,9 @@ def test_pca_keeps_the_centroid_contract(capsys, tmp_path):
         np.testing.assert_allclose(cent[c], m / np.linalg.norm(m), atol=1e-5)
 
 
-def test_few_rows_a_cluster_warned_once_in_python_not_by_faiss(capfd):
+def test_few_rows_a_cluster_warned_in_python_not_by_faiss(capfd):
     x = planted_clusters(300, 16, 4, seed=0)[0]
-    with pytest.warns(UserWarning, match=r'300 training rows for 30 clusters, 10\.0 a cluster'):
+    with pytest.warns(UserWarning, match=r'300 rows for 30 clusters, 10\.0 a cluster'):
         spherical_kmeans(x, 30, niter=5, backend='faiss')
     assert 'please provide at least' not in capfd.readouterr().err     # faiss' own C-level warning is silenced
     with warnings.catch_warnings():
