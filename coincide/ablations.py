@@ -229,8 +229,10 @@ def committed_summary(nb_path:str|Path, # a notebook file with saved outputs
 # %% ../nbs/14_ablations.ipynb #6e934629
 DRAW_POINTS = 11.5 # points another machine's reference model and target can move a row by: the smallest half point at which 95 % of reruns elsewhere pass every row (`rerun_failure_rates`, rows apart, the row-scale redraw sds of bench/results/redraw_power.json and redraw_target.json)
 
-def seed_tolerance(sd_a:np.ndarray, n_a:np.ndarray, # (rows,) sd over seeds (ddof 1) and seed count of one run
-                   sd_b:np.ndarray, n_b:np.ndarray, # (rows,) the same for the other run
+def seed_tolerance(sd_a:np.ndarray, # (rows,) sd over seeds (ddof 1) of one run
+                   n_a:np.ndarray, # (rows,) its seed count
+                   sd_b:np.ndarray, # (rows,) sd over seeds (ddof 1) of the other run
+                   n_b:np.ndarray, # (rows,) its seed count
                    confidence:float=0.95, # coverage
                   ) -> np.ndarray: # (rows,) float64 half-width
     "Half-width of the t-interval of the difference of two runs' means over seeds (df = n_a + n_b - 2)."
