@@ -19,7 +19,7 @@ Design, fixed before the first unit ran (bench/results/README_issue13.md, sessio
   prediction interval for a 36-seed rerun with a new reference, mean(D) +- t(0.975, U-1) *
   sqrt(sd_ref^2 + sd_seed^2 / 36 + sd(D)^2 / U).
 - added after the run, to put numbers the README cites into this file (no new unit): each sd's 95 % chi-square
-  interval; the between-reference sd with each unit left out in turn (its smallest and largest value); and the
+  interval (and the between-reference sd at its two ends); the between-reference sd with each unit left out in turn (its smallest and largest value); and the
   between-reference sd of COINCIDE's own relative performance, sqrt(max(0, sd(rel)^2 - sd_seed_rel^2)) with
   sd_seed_rel COINCIDE's sd over the powered run's 36 seeds. The last is the scale of one table row, which is what
   the ablation check compares; the first is the scale of a paired difference, whose seed sd (2.95) is small
@@ -128,7 +128,9 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
     sd_seed, sd_d = float(d_seed.std(ddof=1)), float(out.D.std(ddof=1))
     sd_ref = between_sd(out.D, sd_seed)
     half = t * math.sqrt(sd_ref ** 2 + sd_seed ** 2 / len(d_seed) + sd_d ** 2 / U)
-    res = {'units': U, 'D': described(out.D), 'E': described(out.E), 'sd_seed_reference0': sd_seed, 'sd_reference': sd_ref,
+    D = described(out.D)
+    res = {'units': U, 'D': D, 'E': described(out.E), 'sd_seed_reference0': sd_seed, 'sd_reference': sd_ref,
+           'sd_reference_from_sd_ci': [math.sqrt(max(0.0, D[k] ** 2 - sd_seed ** 2)) for k in ('sd_ci_low', 'sd_ci_high')],
            'sd_reference_one_unit_left_out': between_sd_leave_one_out(out.set_index('unit').D, sd_seed),
            'sd_reference_row': between_sd(out.relative, float(p['coincide'].std(ddof=1))),
            'prediction_36_seeds': [float(out.D.mean()) - half, float(out.D.mean()) + half],
@@ -136,9 +138,24 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
     return out, res
 
 
+def redraw_args(description:str, # the script's one-line description
+                units:int, # units the design asks for
+                out:str, # the CSV's name in bench/results/
+               ) -> argparse.ArgumentParser: # the arguments both redraw scripts take
+    "The command line shared by the redraw scripts: the powered run's cache and folder, units, jobs, output, summary only."
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--cache', default=None, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`); needed to run units")
+    p.add_argument('--units', type=int, default=units)
+    p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
+    p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache, or bench/results/power with --summary-only)")
+    p.add_argument('--out', default=str(ROOT/'bench'/'results'/out))
+    p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it')
+    return p
+
+
 def check_args(p, # the argument parser, for its errors
-               a, # parsed arguments with cache, power, out and summary_only
-               need:list, # files the powered run's folder must hold
+               a, # parsed arguments of `redraw_args`
+               need:tuple=('results_per_seed.csv', 'suites.csv', 'manifest.json'), # files the powered run's folder must hold
               ) -> Path: # the powered run's output folder
     "Refuse what cannot run (units without --cache; a summary without its CSV or the JSON holding the run's command); return the powered run's folder."
     out = Path(a.out)
@@ -166,23 +183,22 @@ def write_summary(out:Path, # the units' CSV; the summary goes next to it as .js
     js.write_text(json.dumps(res, indent=1) + '\n')
 
 
+def read_power(power_dir:Path, # the powered run's output folder
+              ) -> tuple: # (results_per_seed.csv as a DataFrame, the run's scored suites)
+    "The powered run's per-seed results and the suites it scored."
+    suites = pd.read_csv(power_dir/'suites.csv')
+    return pd.read_csv(power_dir/'results_per_seed.csv'), suites.suite[suites.scored].tolist()
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--cache', default=None, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`); needed to run units")
-    p.add_argument('--units', type=int, default=12)
-    p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
-    p.add_argument('--power', default=None, help="the powered run's output folder (results_per_seed.csv, suites.csv, manifest.json; default: the folder holding --cache, or bench/results/power with --summary-only)")
-    p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_power.csv'))
-    p.add_argument('--summary-only', action='store_true', help="run no unit and leave --out as it is: recompute the summary (.json) from it, its subsets' overlap included")
+    p = redraw_args(__doc__.splitlines()[0], 12, 'redraw_power.csv')
     a = p.parse_args()
-    out, power_dir = Path(a.out), check_args(p, a, ['results_per_seed.csv', 'suites.csv', 'manifest.json'])
+    out, power_dir = Path(a.out), check_args(p, a)
     if not a.summary_only: run_units(run_unit, (a.cache,), a.units, a.jobs, out, ['unit'])
     done = pd.read_csv(out)                                      # the summary always comes from the CSV as written (six digits)
     if a.summary_only and 'shared_with_reference0' not in done:
         p.error(f"{out} has no shared_with_reference0 column (a run that stopped before its summary): rerun the units with --cache")
-    power = pd.read_csv(power_dir/'results_per_seed.csv')
-    suites = pd.read_csv(power_dir/'suites.csv')
-    scored = suites.suite[suites.scored].tolist()
+    power, scored = read_power(power_dir)
     mine = done[done.unit < a.units]
     table, res = summary(mine.drop(columns=['shared_with_reference0'], errors='ignore'), power, scored)
     if a.summary_only: table['shared_with_reference0'] = mine.shared_with_reference0.to_numpy()

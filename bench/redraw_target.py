@@ -25,11 +25,11 @@ bench/results/redraw_target.json (the summary); `python bench/redraw_target.py -
 from the committed CSVs without a cache. Random's draw reads no score, so its cache entry is keyed on the
 powered run's scores stage (`--power`'s manifest) rather than on scores recomputed for every target.
 """
-import argparse, json, math, time
+import json, math, time
 from dataclasses import replace
 from pathlib import Path
 import pandas as pd
-from redraw_power import POWER, between_sd, between_sd_leave_one_out, check_args, described, run_units, write_summary
+from redraw_power import POWER, between_sd, between_sd_leave_one_out, check_args, described, read_power, redraw_args, run_units, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 36                                                  # the powered run used seeds 0-35
@@ -78,24 +78,17 @@ def summary(rows:pd.DataFrame, # one row per unit and method
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--cache', default=None, help="the powered run's stage cache (OUT/cache of `coincide demo --preset power`); needed to run units")
-    p.add_argument('--units', type=int, default=6)
-    p.add_argument('--jobs', type=int, default=2, help='units at once (one torch thread each)')
-    p.add_argument('--power', default=None, help="the powered run's output folder (default: the folder holding --cache, or bench/results/power with --summary-only)")
-    p.add_argument('--out', default=str(ROOT/'bench'/'results'/'redraw_target.csv'))
+    p = redraw_args(__doc__.splitlines()[0], 6, 'redraw_target.csv')
     p.add_argument('--reference-summary', default=str(ROOT/'bench'/'results'/'redraw_power.json'), help="redraw_power.py's summary, for the between-reference sd")
-    p.add_argument('--summary-only', action='store_true', help='run no unit and leave --out as it is: recompute the summary (.json) from it')
     a = p.parse_args()
-    out, power_dir = Path(a.out), check_args(p, a, ['results_per_seed.csv', 'suites.csv', 'manifest.json'])
+    out, power_dir = Path(a.out), check_args(p, a)
     if not a.summary_only:
         scores_key = json.loads((power_dir/'manifest.json').read_text())['stage_keys']['scores']
         run_units(run_unit, (a.cache, scores_key), a.units, a.jobs, out, ['unit', 'method'])
     done = pd.read_csv(out)                                      # the summary always comes from the CSV as written (six digits)
-    power = pd.read_csv(power_dir/'results_per_seed.csv')
-    suites = pd.read_csv(power_dir/'suites.csv')
+    power, scored = read_power(power_dir)
     sd_reference = json.loads(Path(a.reference_summary).read_text())['sd_reference']
-    table, res = summary(done[done.unit < a.units], power, suites.suite[suites.scored].tolist(), sd_reference)
+    table, res = summary(done[done.unit < a.units], power, scored, sd_reference)
     write_summary(out, res, 'redraw_target.py', f'python bench/redraw_target.py --cache {a.cache} --units {a.units} --jobs {a.jobs}', a.summary_only)
     print(table.round(2).to_string(index=False))
     print(json.dumps(res, indent=1))
