@@ -19,6 +19,11 @@ from .transferability import (ClusterRows, cluster_index, density_sums, gaussian
                                       load_layout, on_device, sq_norms, to_numpy, transferability, unique_rows, weighted_row_sums)
 
 # %% ../nbs/05_selection.ipynb #f78c4135
+def _float32(a:np.ndarray, # float64 rows, numpy or torch
+            ) -> np.ndarray: # the same rows in float32, the same kind
+    "A float32 copy of `a` (numpy or torch)."
+    return a.float() if is_tensor(a) else a.astype(np.float32)
+
 class _RowCache:
     "Kernel rows k(u_a, .) of distinct rows a, kept within a memory bound; the leading ones may come filled by the row-sum pass."
     def __init__(self, u:np.ndarray, # (q, d) float64 distinct rows
@@ -32,7 +37,7 @@ class _RowCache:
         self.free = list(range(len(rows) - 1, known - 1, -1))
         self.lo = known                   # every distinct row below `lo` is cached or done: its column is read from its row
         self.computed = self.batches = 0
-        self.u32 = None
+        self.u32 = None                   # (q, d) float32 copy for the look-ahead, made on first use if small enough
 
     def fill(self, ids:np.ndarray, # (b,) distinct rows to compute, the one needed now first
              f:np.ndarray): # (q,) the objective now, to choose what to evict
@@ -68,10 +73,11 @@ class _RowCache:
         "Forget the row of distinct row `a`."
         if self.slot[a] >= 0: self.free.append(int(self.slot[a])); self.slot[a] = -1
 
-    def single(self): # (q, d) float32 copy of the distinct rows, numpy or torch
-        "The distinct rows in float32 (made once), for the look-ahead's approximate kernel."
-        if self.u32 is None: self.u32 = self.u.float() if is_tensor(self.u) else self.u.astype(np.float32)
-        return self.u32
+    def single(self, ids:np.ndarray|int, # (b,) distinct rows, or one distinct row
+              ): # (b, d) or (d,) float32 copy of those rows, numpy or torch
+        "Rows in float32 for the look-ahead's approximate kernel: from a float32 copy of all rows if it takes at most a quarter of the row cache's bytes, else converted when asked."
+        if self.u32 is None and 4 * self.u.shape[0] * self.u.shape[1] <= self.rows.nbytes // 4: self.u32 = _float32(self.u)
+        return _float32(self.u[ids]) if self.u32 is None else self.u32[ids]
 
 # %% ../nbs/05_selection.ipynb #7457c40b
 def _smallest(v:np.ndarray, # (q,) values, inf where excluded
@@ -99,7 +105,7 @@ class _PoolKernel:
         self.cache, self.C = cache, C
         self.sl = cache.slot[C]; self.cached = self.sl >= 0          # (T,)
         self.unc = np.flatnonzero(~self.cached)                      # (Tu,)
-        self.uc = cache.single()[C[self.unc]]                        # (Tu, d) float32
+        self.uc = cache.single(C[self.unc])                          # (Tu, d) float32
         self.sq = cache.sq_np[C]                                     # (T,)
 
     def row(self, j:int, # pool position
@@ -109,7 +115,7 @@ class _PoolKernel:
         if self.sl[j] >= 0: return cache.rows[self.sl[j], C]
         out = np.empty(len(C))
         out[self.cached] = cache.rows[self.sl[self.cached], p]
-        dot = to_numpy(self.uc @ cache.single()[p]).astype(np.float64)        # (Tu,)
+        dot = to_numpy(self.uc @ cache.single(p)).astype(np.float64)          # (Tu,)
         out[self.unc] = np.exp(-np.maximum(self.sq[j] + self.sq[self.unc] - 2.0 * dot, 0.0) / (2.0 * cache.sigma ** 2))
         out[j] = 1.0
         return out
@@ -351,6 +357,14 @@ class _Clock:
 # %% ../nbs/05_selection.ipynb #f1739b0f
 _READERS = {}
 
+def _keep_bytes(shape:tuple, # (n, d) the cluster's rows
+                guess:int, # greedy picks to make during the density pass
+                cache_bytes:int, # memory for greedy kernel rows
+               ) -> int: # bytes of kernel rows the density pass keeps for the early picks
+    "Kept kernel rows fit in `cache_bytes` beside the cluster's float64 rows (n x d x 8 bytes), and cover at least the picks plus one batch of 32."
+    n, d = shape
+    return 0 if guess <= 0 else min(cache_bytes, max(cache_bytes - 8 * n * d, 8 * n * (guess + 32)))
+
 def _reader(path:Path) -> ClusterRows:
     "This process's reader of the embeddings (one per path)."
     if path not in _READERS: _READERS.clear(); _READERS[path] = ClusterRows(path)
@@ -363,10 +377,10 @@ def density_pass(path:Path, # the embeddings .npy
                  cache_bytes:int, # memory for greedy kernel rows
                  device:str|None, # None: numpy; else a torch device
                 ) -> tuple: # (D, r (n,) kernel row sums, picks (guess,) record indices or None, seconds per part)
-    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (the greedy starts from the kernel rows the density kept)."
+    "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (the greedy starts from the kernel rows the density kept: as many as fit in `cache_bytes` beside the cluster's float64 rows, at least its picks plus one batch of 32)."
     import time
     t0 = time.perf_counter(); x = _reader(path)(rows)
-    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True, keep_bytes=cache_bytes if guess > 0 else 0)
+    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True, keep_bytes=_keep_bytes(x.shape, guess, cache_bytes))
     t2 = time.perf_counter()
     picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, device=device, rows=p['rows'], known=p['known'])] if guess > 0 else None
     return D, r, picks, {'read': t1 - t0, 'kernel sums': t2 - t1, 'greedy': time.perf_counter() - t2}
@@ -394,19 +408,24 @@ def map_clusters(fn, # `density_pass` or `greedy_pass`
                  workers:int=1, # processes; 1 runs here
                  desc:str='', # progress bar label
                  progress:bool=True, # show a progress bar
+                 alone:np.ndarray|None=None, # (len(tasks),) bool: tasks run here one at a time, before the others are spread over the processes
                 ) -> list: # fn(*task) for every task, in task order
     "Run `fn` on every task, here or in `workers` processes (largest clusters first), results in task order."
-    if workers <= 1 or len(tasks) <= 1:
-        return [fn(*t) for t in tqdm(tasks, desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress)]
-    import multiprocessing as mp, coincide.selection as pkg
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    fn = getattr(pkg, fn.__name__)                                 # the package's function: one defined in a notebook cannot be sent
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(tasks), desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress)
+    if workers <= 1 or len(tasks) <= 1: here = np.ones(len(tasks), bool)            # (len(tasks),) run in this process
+    else: here = np.zeros(len(tasks), bool) if alone is None else np.asarray(alone, bool)
     out = [None] * len(tasks)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=pkg._limit_threads, initargs=(threads,)) as ex:
-        futs = {ex.submit(fn, *tasks[i]): i for i in sorted(range(len(tasks)), key=lambda i: -len(tasks[i][1]))}
-        for f in tqdm(as_completed(futs), total=len(futs), desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress):
-            out[futs[f]] = f.result()
+    for i in np.flatnonzero(here): out[i] = fn(*tasks[i]); bar.update()
+    rest = [i for i in sorted(np.flatnonzero(~here).tolist(), key=lambda i: -len(tasks[i][1]))]
+    if rest:
+        import multiprocessing as mp, coincide.selection as pkg
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        fn = getattr(pkg, fn.__name__)                             # the package's function: one defined in a notebook cannot be sent
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=pkg._limit_threads, initargs=(threads,)) as ex:
+            futs = {ex.submit(fn, *tasks[i]): i for i in rest}
+            for f in as_completed(futs): out[futs[f]] = f.result(); bar.update()
+    bar.close()
     return out
 
 # %% ../nbs/05_selection.ipynb #c22ff5fd
@@ -449,8 +468,9 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
     clock('transferability')
     guess = early_guess(sizes, max(budgets.values())) if early_picks else np.zeros(len(ids), np.int64)
     members = [order[starts[j]:starts[j+1]] for j in range(len(ids))]
+    alone = 8 * sizes * run['centroids'].shape[1] > cache_bytes    # (k,) float64 rows above the per-cluster memory: one such cluster at a time
     res = map_clusters(density_pass, [(run['emb_path'], members[j], sigma, int(guess[j]), cache_bytes, device) for j in range(len(ids))],
-                       workers, 'density', progress)
+                       workers, 'density', progress, alone)
     D, r = np.ones(len(ids)), np.zeros(N)
     picks = {j: p for j, (_, _, p, _) in enumerate(res) if p is not None}
     for j, (Dj, rj, _, sec) in enumerate(res):
@@ -467,7 +487,7 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
     clock('allocation')
     todo = np.flatnonzero(greedy_len > guess)
     more = map_clusters(greedy_pass, [(run['emb_path'], members[j], int(greedy_len[j]), sigma, r[members[j]], cache_bytes, device) for j in todo],
-                        workers, 'greedy MMD', progress)
+                        workers, 'greedy MMD', progress, alone[todo])
     picks.update(zip(todo.tolist(), more))
     clock('greedy')
     out = {}

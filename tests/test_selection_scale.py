@@ -103,6 +103,28 @@ def test_workers_give_the_same_bytes(tmp_path, cli):
             assert (tmp_path/'w1'/f'fraction-{fr}'/f).read_bytes() == (tmp_path/'w2'/f'fraction-{fr}'/f).read_bytes()
 
 
+def test_clusters_too_large_to_pair_run_alone(tmp_path):
+    """With workers, a cluster whose float64 rows exceed `cache_bytes` runs in this process on its own (two such clusters at
+    once took the stage at D = 20,480 past 4 GiB); the others go to the processes; the selection does not change."""
+    from coincide import selection as S
+    run = synthetic_run(tmp_path/'run', n=600, k=12, dup=20, seed=6, zipf=1.2)
+    sizes = np.bincount(np.load(run/'assignments.npy'))
+    cache = 8 * 16 * int(np.sort(sizes)[-3])                                       # the 2 largest clusters (d = 16) exceed it
+    calls = []
+    def density_pass(*task):                                                       # the package's name: the processes use the real one
+        calls.append(len(task[1])); return S.density_pass(*task)
+    order = np.argsort(np.load(run/'assignments.npy'), kind='stable')
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    tasks = [(run/'embeddings.npy', order[starts[j]:starts[j + 1]], 1.0, 3, cache, None) for j in range(len(sizes))]
+    alone = 8 * sizes * 16 > cache
+    got = S.map_clusters(density_pass, tasks, 2, progress=False, alone=alone)
+    assert sorted(calls) == sorted(sizes[alone].tolist()) and alone.sum() == 2
+    for (D, r, p, _), t in zip(got, tasks):
+        D1, r1, p1, _ = S.density_pass(*t)
+        assert D == D1 and np.array_equal(r, r1) and np.array_equal(p, p1)
+    one, two = (S.select_sweep(run, [0.2, 0.4], cache_bytes=cache, workers=w, progress=False) for w in (1, 2))
+    for fr in (0.2, 0.4): np.testing.assert_array_equal(one[fr][0], two[fr][0])
+
 def test_cli_device_cpu(tmp_path, cli):
     pytest.importorskip('torch')
     run = synthetic_run(tmp_path/'run', n=300, k=12, seed=2)
@@ -126,6 +148,35 @@ def test_budget_029_of_100(tmp_path, cli):
     np.testing.assert_array_equal(np.load(tmp_path/'p'/'indices.npy'), want)
     assert man['counts']['shortfall'] == shortfall
 
+
+def test_density_pass_keeps_rows_beside_the_float64_rows(tmp_path):
+    """The density pass keeps kernel rows for the early picks only in the room `cache_bytes` leaves beside the cluster's
+    float64 rows (at D = 20,480 a full row cache beside them took the stage past 4 GiB); the picks do not change."""
+    import tracemalloc
+    from coincide.selection import _keep_bytes, density_pass
+    x = cluster(2000, 2048, 5)                                                     # float64 rows: 31.25 MiB
+    np.save(tmp_path/'emb.npy', x)
+    peaks = {}
+    for mb in (40, 64):                                                            # room for 573 rows / all 2,000 (32 MB)
+        tracemalloc.start()
+        _, _, picks, _ = density_pass(tmp_path/'emb.npy', np.arange(2000), 1.0, 10, mb << 20, None)
+        peaks[mb] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+        np.testing.assert_array_equal(picks, greedy_mmd(x, 10))
+    assert peaks[64] - peaks[40] > 16 << 20, peaks                                # about 23 MB fewer kept rows
+    assert _keep_bytes((11692, 20480), 18, 1 << 30) == 8 * 11692 * 50               # the picks plus one batch of 32
+    assert _keep_bytes((2000, 2048), 10, 40 << 20) == (40 << 20) - 8 * 2000 * 2048 and _keep_bytes((2000, 2048), 0, 40 << 20) == 0
+
+
+def test_look_ahead_float32_rows_without_a_large_copy():
+    "The look-ahead's float32 rows: from one copy when it takes at most a quarter of the row cache, else converted per call; the same values."
+    from coincide.selection import _RowCache
+    u = cluster(300, 64, 8).astype(np.float64)
+    ids = np.array([5, 0, 299])
+    for cap, copied in ((8, False), (300, True)):                                  # copy 76,800 B against 19,200 / 720,000 B of cache
+        cache = _RowCache(u, 1.0, np.empty((cap, 300)))
+        np.testing.assert_array_equal(cache.single(ids), u[ids].astype(np.float32))
+        np.testing.assert_array_equal(cache.single(7), u[7].astype(np.float32))
+        assert (cache.u32 is not None) == copied
 
 def test_no_large_symmetric_product():
     # numpy's OpenBLAS crashed (segfault) on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads: symmetric products
