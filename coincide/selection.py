@@ -410,13 +410,13 @@ def map_clusters(fn, # `density_pass` or `greedy_pass`
                  progress:bool=True, # show a progress bar
                  alone:np.ndarray|None=None, # (len(tasks),) bool: tasks run here one at a time, before the others are spread over the processes
                 ) -> list: # fn(*task) for every task, in task order
-    "Run `fn` on every task, here or in `workers` processes (largest clusters first), results in task order."
+    "Run `fn` on every task, here or in `workers` processes (largest clusters first; those marked `alone` here, before the rest), results in task order."
     bar = tqdm(total=len(tasks), desc=desc, unit='cluster', mininterval=2, leave=False, disable=not progress)
     if workers <= 1 or len(tasks) <= 1: here = np.ones(len(tasks), bool)            # (len(tasks),) run in this process
     else: here = np.zeros(len(tasks), bool) if alone is None else np.asarray(alone, bool)
     out = [None] * len(tasks)
     for i in np.flatnonzero(here): out[i] = fn(*tasks[i]); bar.update()
-    rest = [i for i in sorted(np.flatnonzero(~here).tolist(), key=lambda i: -len(tasks[i][1]))]
+    rest = sorted(np.flatnonzero(~here).tolist(), key=lambda i: -len(tasks[i][1]))   # largest clusters first
     if rest:
         import multiprocessing as mp, coincide.selection as pkg
         from concurrent.futures import ProcessPoolExecutor, as_completed
