@@ -9,7 +9,9 @@ __all__ = ['check_layout', 'load_layout', 'block_columns', 'is_tensor', 'on_devi
            'plot_share_distribution', 'synthetic_run']
 
 # %% ../nbs/04_transferability.ipynb #7152e7c7
-import json, math
+import contextlib, json, math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
@@ -200,6 +202,30 @@ def _sum_product(spec:str, a:np.ndarray, b:np.ndarray) -> np.ndarray:
     "A weighted sum in numpy's own loops (`np.einsum`), not BLAS: its rounding does not depend on the number of BLAS threads."
     return (a @ b) if is_tensor(a) else np.einsum(spec, a, b)
 
+def _blas_threads() -> int:
+    "How many threads the BLAS libraries loaded in this process use now (the most of them)."
+    from threadpoolctl import threadpool_info
+    return max([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'] or [1])
+
+def _one_blas_thread():
+    "A context in which every BLAS call runs on one thread (each of our threads then has a core)."
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api='blas')
+
+def _in_order(fn, # called on each item, in worker threads (numpy and BLAS release the GIL)
+             items:list, # the work
+             threads:int=1, # worker threads; 1 computes here, one item at a time
+            ): # yields fn(item) for each item, in the order of `items`
+    "fn over `items` in `threads` threads, at most twice as many in flight as threads, results yielded in order."
+    if threads <= 1:
+        yield from map(fn, items); return
+    with ThreadPoolExecutor(threads) as ex:
+        ahead = deque()
+        for it in items:
+            ahead.append(ex.submit(fn, it))
+            if len(ahead) > 2 * threads: yield ahead.popleft().result()
+        while ahead: yield ahead.popleft().result()
+
 def _keep_rows(rows:np.ndarray, # (k, q) float64 the first k kernel rows, being filled
                Kb:np.ndarray, # (i1 - i0, j1 - j0) float64 kernel of rows i0:i1 against rows j0:j1, j0 >= i0
                i0:int, i1:int, j0:int, j1:int): # the block's rows and columns
@@ -213,6 +239,7 @@ def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a 
                       sigma:float=1.0, # kernel bandwidth
                       block_entries:int=1<<20, # kernel entries per block (a square of 1,024 x 1,024: 8 MB in float64)
                       rows:np.ndarray|None=None, # (k, q) float64 buffer (k <= q): filled with the kernel rows of the first k distinct rows
+                      threads:int|None=None, # numpy: threads that compute blocks, one BLAS thread each; None: as many as BLAS has now
                      ) -> np.ndarray: # (q,) float64 r_a = sum_b w_b k(u_a, u_b), the same kind as `u`
     "Kernel row sums of distinct rows with multiplicities, one pass over the square blocks on and above the diagonal, never q x q."
     q = len(u)
@@ -222,16 +249,25 @@ def weighted_row_sums(u:np.ndarray, # (q, d) float64 distinct rows (numpy, or a 
     else: w, r, arange = np.asarray(w, np.float64), np.zeros(q), np.arange
     sq = sq_norms(u)
     s = max(32, math.isqrt(block_entries))
-    for i0 in range(0, q, s):
-        i1 = min(q, i0 + s)
-        for j0 in range(i0, q, s):
-            j1 = min(q, j0 + s)
-            uj = u[j0:j1].copy() if j0 == i0 and not is_tensor(u) else u[j0:j1]   # a copy: a general product, never a symmetric one
-            Kb = gaussian_kernel(u[i0:i1], uj, sigma, sq[i0:i1], sq[j0:j1])      # (b, b')
-            if j0 == i0: Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0              # k(x, x) = 1 exactly
-            r[i0:i1] += _sum_product('ij,j->i', Kb, w[j0:j1])                    # the block's rows
-            if j0 > i0: r[j0:j1] += _sum_product('i,ij->j', w[i0:i1], Kb)        # and, above the diagonal, its columns (symmetry)
-            if rows is not None and i0 < len(rows): _keep_rows(rows, to_numpy(Kb), i0, i1, j0, j1)
+    blocks = [(i0, min(q, i0 + s), j0, min(q, j0 + s)) for i0 in range(0, q, s) for j0 in range(i0, q, s)]
+
+    def block_sums(block:tuple): # (i0, i1, j0, j1) rows and columns, j0 >= i0
+        "The block's weighted row sums and, above the diagonal, its column sums; its share of `rows` is stored."
+        i0, i1, j0, j1 = block
+        if j0 == i0 and not is_tensor(u):                              # two general products, never one symmetric one (u @ u.T)
+            h = i0 + (i1 - i0 + 1) // 2
+            Kb = np.hstack([gaussian_kernel(u[i0:i1], u[c0:c1], sigma, sq[i0:i1], sq[c0:c1]) for c0, c1 in ((i0, h), (h, i1))])
+        else: Kb = gaussian_kernel(u[i0:i1], u[j0:j1], sigma, sq[i0:i1], sq[j0:j1])   # (b, b')
+        if j0 == i0: Kb[arange(i1 - i0), arange(i1 - i0)] = 1.0              # k(x, x) = 1 exactly
+        if rows is not None and i0 < len(rows): _keep_rows(rows, to_numpy(Kb), i0, i1, j0, j1)
+        return _sum_product('ij,j->i', Kb, w[j0:j1]), (_sum_product('i,ij->j', w[i0:i1], Kb) if j0 > i0 else None)
+
+    if is_tensor(u) or len(blocks) == 1: threads = 1
+    elif threads is None: threads = _blas_threads()
+    with _one_blas_thread() if threads > 1 else contextlib.nullcontext():
+        for (i0, i1, j0, j1), (rs, cs) in zip(blocks, _in_order(block_sums, blocks, threads)):   # summed in block order: the same bits for any threads
+            r[i0:i1] += rs                                             # the block's rows
+            if cs is not None: r[j0:j1] += cs                          # and, above the diagonal, its columns (symmetry)
     return r
 
 def kernel_row_buffer(q:int, # distinct rows of the cluster

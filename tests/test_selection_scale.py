@@ -153,16 +153,18 @@ def test_density_pass_keeps_rows_beside_the_float64_rows(tmp_path):
     """The density pass keeps kernel rows for the early picks only in the room `cache_bytes` leaves beside the cluster's
     float64 rows (at D = 20,480 a full row cache beside them took the stage past 4 GiB); the picks do not change."""
     import tracemalloc
+    from threadpoolctl import threadpool_limits
     from coincide.selection import _keep_bytes, density_pass
-    x = cluster(2000, 2048, 5)                                                     # float64 rows: 31.25 MiB
+    x = cluster(2000, 1024, 5)                                                     # float64 rows: 15.6 MiB
     np.save(tmp_path/'emb.npy', x)
     peaks = {}
-    for mb in (40, 64):                                                            # room for 573 rows / all 2,000 (32 MB)
+    for mb in (24, 56):                                                            # room for 549 rows / all 2,000 (32 MB)
         tracemalloc.start()
-        _, _, picks, _ = density_pass(tmp_path/'emb.npy', np.arange(2000), 1.0, 10, mb << 20, None)
+        with threadpool_limits(1, user_api='blas'):                                # blocks one at a time: in threads, the peak varies by a block or two
+            _, _, picks, _ = density_pass(tmp_path/'emb.npy', np.arange(2000), 1.0, 10, mb << 20, None)
         peaks[mb] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
         np.testing.assert_array_equal(picks, greedy_mmd(x, 10))
-    assert peaks[64] - peaks[40] > 16 << 20, peaks                                # about 23 MB fewer kept rows
+    assert peaks[56] - peaks[24] > 16 << 20, peaks                                # 23 MB fewer kept rows (a full 24 MiB kept: 7 MB)
     assert _keep_bytes((11692, 20480), 18, 1 << 30) == 8 * 11692 * 50               # the picks plus one batch of 32
     assert _keep_bytes((2000, 2048), 10, 40 << 20) == (40 << 20) - 8 * 2000 * 2048 and _keep_bytes((2000, 2048), 0, 40 << 20) == 0
 
@@ -186,6 +188,20 @@ def test_no_large_symmetric_product():
             "assert np.allclose(_dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
     assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
+
+
+def test_row_sums_same_bits_for_any_threads():
+    "The row-sum pass in threads (one BLAS thread each) gives the bits of the one-thread loop, with BLAS on one or two threads."
+    code = ("import hashlib, sys, numpy as np; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
+            "from coincide.transferability import weighted_row_sums; "
+            "u = cluster(2500, 512, 5).astype(np.float64); w = np.arange(2500) % 3 + 1.0; rows = np.empty((1100, 2500)); "
+            "r = weighted_row_sums(u, w, rows=rows, threads=None if sys.argv[1] == 'None' else int(sys.argv[1])); "
+            "print(hashlib.sha256(r.tobytes() + rows.tobytes()).hexdigest())")
+    runs = [subprocess.run([sys.executable, '-c', code, threads], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                           env={**os.environ, 'OPENBLAS_NUM_THREADS': blas}) for blas, threads in
+            [('1', '1'), ('2', '1'), ('2', '2'), ('2', 'None'), ('1', '3')]]   # 6 blocks of 1,024 (the default), 1,100 kept rows
+    assert all(res.returncode == 0 for res in runs), [res.stderr[-1000:] for res in runs]
+    assert len({res.stdout for res in runs}) == 1, [res.stdout for res in runs]
 
 
 @pytest.mark.slow
