@@ -1,6 +1,6 @@
 """Greedy MMD on one large cluster against one float32 `x @ x.T.copy()` of it, measured in the same process.
 
-`python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference] [--batch 32] [--pool 4096] [--profile]` builds one cluster of `n` unit
+`python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference] [--batch 32] [--pool 4096] [--profile] [--repeat R]` builds one cluster of `n` unit
 vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
 product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
 sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
@@ -8,8 +8,11 @@ sums included (with `--device cuda` on the GPU), and with `--reference` the gree
 with the kernel rows the greedy computed (`kernel_rows_computed`, and per pick), the rows it took from the
 row-sum pass (`kernel_rows_known`), its BLAS batches, the float32 product timed again right after the greedy
 (`float32_gemm_after_s`, and `ratio_to_mean_gemm` against the mean of both), the time of the row-sum pass alone
-(`row_sums_s`, measured after), the BLAS threads and the load average before and after:
-the machine may be shared, so only ratios measured in one process are meaningful. `--batch` and `--pool` set the
+(`row_sums_s`, measured after; with BLAS on more than one thread also `row_sums_one_thread_s`, the same pass as one
+loop, which is how it ran before it computed blocks in threads), the BLAS threads and the load average before and after:
+the machine may be shared, so only ratios measured in one process are meaningful. `--repeat R` times R greedy runs,
+each between two float32 products, and writes each run's ratio to the mean of its two products (`rounds`) with their
+mean, sd (ddof = 1), min and max (`ratio_to_mean_gemm_rounds`) and whether every run made the same picks. `--batch` and `--pool` set the
 greedy's look-ahead (they change which kernel rows are computed, never a pick); `--profile` runs the greedy under
 cProfile and stores the functions with the most own time (`profile`).
 """
@@ -40,6 +43,7 @@ def main():
     p.add_argument('--batch', type=int, default=32, help='most kernel rows per BLAS product (greedy_mmd batch)')
     p.add_argument('--pool', type=int, default=4096, help='candidates the look-ahead follows (greedy_mmd pool)')
     p.add_argument('--profile', action='store_true', help='profile the greedy with cProfile')
+    p.add_argument('--repeat', type=int, default=1, help='greedy runs, each between two float32 products')
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'greedy.json'))
     args = p.parse_args()
     from coincide.selection import greedy_mmd
@@ -54,6 +58,11 @@ def main():
     picks, t_new = timed(run)
     if profiler: profiler.disable()
     _, t_after = timed(lambda: x32 @ x32.T.copy())                # the floor again, right after: it drifts on a shared machine
+    rounds, same = [(t_floor, t_new, t_after)], True
+    for _ in range(args.repeat - 1):
+        again, t_run = timed(run)
+        _, t_next = timed(lambda: x32 @ x32.T.copy())
+        rounds.append((rounds[-1][2], t_run, t_next)); same &= bool(np.array_equal(again, picks))
     from threadpoolctl import threadpool_info
     res = {'command': ' '.join(['python', 'bench/bench_greedy.py'] + sys.argv[1:]), 'n': args.n, 'd': args.d, 'm': args.m,
            'device': args.device, 'cache_mb': args.cache_mb, 'batch': args.batch, 'pool': args.pool, 'float32_gemm_s': t_floor, 'greedy_s': t_new, 'ratio': t_new / t_floor,
@@ -66,7 +75,14 @@ def main():
     first, _, counts = unique_rows(x)
     rows, known = kernel_row_buffer(len(first), args.cache_mb << 20)
     _, res['row_sums_s'] = timed(weighted_row_sums, on_device(x[first], args.device), counts, rows=rows[:known])   # the row-sum pass alone
+    if args.device is None and max(res['blas_threads'] or [1]) > 1:
+        _, res['row_sums_one_thread_s'] = timed(weighted_row_sums, x[first].astype(np.float64), counts, rows=rows[:known], threads=1)
     del rows
+    if args.repeat > 1:
+        r = np.array([g / ((a + b) / 2) for a, g, b in rounds])
+        res['rounds'] = [{'float32_gemm_before_s': a, 'greedy_s': g, 'float32_gemm_after_s': b, 'ratio_to_mean_gemm': g / ((a + b) / 2)} for a, g, b in rounds]
+        res['ratio_to_mean_gemm_rounds'] = {'n': len(r), 'mean': r.mean(), 'sd': r.std(ddof=1), 'min': r.min(), 'max': r.max()}
+        res['same_picks_every_round'] = same
     if args.reference:
         sys.path.insert(0, str(ROOT/'tests'))
         import reference_greedy
