@@ -208,6 +208,7 @@ def greedy_mmd(x:np.ndarray, # (n, d) one cluster's rows, any float dtype
     if m == 0: return np.zeros(0, np.int64)
     first, inv, counts = unique_rows(x)
     u = np.asarray(x if len(first) == n else x[first], np.float64)   # (q, d) distinct rows
+    del x                                                          # a caller that handed its rows over (greedy_pass) gets their memory back
     rows, known = kernel_row_buffer(len(u), cache_bytes)            # (cap, q): the row-sum pass fills the first `known`
     if r is None: r_u = to_numpy(weighted_row_sums(on_device(u, device), counts, sigma, rows=rows[:known]))
     else: r_u, known = np.asarray(r, np.float64)[first], 0
@@ -379,8 +380,9 @@ def density_pass(path:Path, # the embeddings .npy
                 ) -> tuple: # (D, r (n,) kernel row sums, picks (guess,) record indices or None, seconds per part)
     "One cluster's density, its members' kernel row sums and its first greedy picks, from one read of its rows (the greedy starts from the kernel rows the density kept: as many as fit in `cache_bytes` beside the cluster's float64 rows, at least its picks plus one batch of 32)."
     import time
-    t0 = time.perf_counter(); x = _reader(path)(rows)
-    t1 = time.perf_counter(); D, r, p = density_sums(x, sigma, device=device, keep=True, keep_bytes=_keep_bytes(x.shape, guess, cache_bytes))
+    t0 = time.perf_counter(); read = [_reader(path)(rows)]           # handed over below: density_sums drops the rows once it has their float64 copy
+    shape = read[0].shape
+    t1 = time.perf_counter(); D, r, p = density_sums(read.pop(), sigma, device=device, keep=True, keep_bytes=_keep_bytes(shape, guess, cache_bytes))
     t2 = time.perf_counter()
     picks = rows[greedy_distinct(p['u'], p['counts'], p['inv'], p['r_u'], guess, sigma, device=device, rows=p['rows'], known=p['known'])] if guess > 0 else None
     return D, r, picks, {'read': t1 - t0, 'kernel sums': t2 - t1, 'greedy': time.perf_counter() - t2}

@@ -288,10 +288,11 @@ def density_sums(x:np.ndarray, # (n, d) one cluster's rows (float16/32/64)
     "Density D = mean of k over all n^2 member pairs, and each member's kernel row sum r."
     if len(x) == 0: raise CoincideError("density of an empty cluster is undefined (empty clusters are dropped before this)")
     first, inv, cnt = unique_rows(x)
-    u = on_device(x if len(first) == len(x) else x[first], device)   # (q, d) distinct rows (no copy of x when all are)
+    n = len(x)
+    u = on_device(x if len(first) == n else x[first], device)      # (q, d) float64 distinct rows (x itself if float64, all distinct)
+    del x                                                          # a caller that handed its rows over (density_pass) gets their memory back
     rows, known = kernel_row_buffer(len(first), keep_bytes) if keep else (None, 0)
     r_u = to_numpy(weighted_row_sums(u, cnt, sigma, block_entries, None if rows is None else rows[:known]))   # (q,)
-    n = len(x)
     D = float(np.einsum('i,i->', cnt.astype(np.float64), r_u)) / (n * n)
     if not keep: return D, r_u[inv]
     return D, r_u[inv], {'first': first, 'inv': inv, 'counts': cnt, 'u': u, 'r_u': r_u, 'rows': rows, 'known': known}
