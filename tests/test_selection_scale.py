@@ -227,12 +227,11 @@ def test_float16_rows_released_before_the_row_sums(tmp_path, monkeypatch):
     x = cluster(1500, 64, 9)
     np.save(tmp_path/'emb.npy', x)
     refs, alive = [], []
-    reader = sel._reader(tmp_path/'emb.npy')
+    reader, row_sums = sel._reader(tmp_path/'emb.npy'), tr.weighted_row_sums
     def read(rows):
-        out = type(reader).__call__(reader, rows); refs.append(weakref.ref(out)); return out
+        out = reader(rows); refs.append(weakref.ref(out)); return out
     def sums(*a, **kw):
-        alive.append(refs[-1]() is not None); return weighted_row_sums(*a, **kw)
-    weighted_row_sums = tr.weighted_row_sums
+        alive.append(refs[-1]() is not None); return row_sums(*a, **kw)
     monkeypatch.setattr(sel, '_reader', lambda path: read)
     monkeypatch.setattr(tr, 'weighted_row_sums', sums); monkeypatch.setattr(sel, 'weighted_row_sums', sums)
     D, r, picks, _ = sel.density_pass(tmp_path/'emb.npy', np.arange(1500), 1.0, 5, 1 << 20, None)
