@@ -1,4 +1,4 @@
-"""How long `coincide.benchmark.make` takes, and how much memory, at a few sizes (run by hand).
+"""How long `coincide.testbed.benchmark.make` takes, and how much memory, at a few sizes (run by hand).
 
     python bench/bench_benchmark.py [--sizes 1000 10000] [--keep DIR] [--out bench/results/benchmark_generation.json]
 
@@ -11,7 +11,7 @@ import argparse, json, os, resource, shutil, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault('TQDM_DISABLE', '1')
-from coincide.benchmark import SUITES, make, load_benchmark
+from coincide.testbed.benchmark import SUITES, make, load_benchmark
 
 
 def peak_rss_mb() -> float:

@@ -28,8 +28,8 @@ def timed(label:str, fn, log:dict):
 def verification_suites(setup, n:int=200) -> tuple: # (suite -> EncodedSet, suite -> records)
     "Yes/no verification records from the evaluation split (digits, photos, words, colours), images in a temporary folder."
     import tempfile
-    from coincide.benchmark import TASKS, to_record, save_png
-    from coincide.training import encode_suites
+    from coincide.testbed.benchmark import TASKS, to_record, save_png
+    from coincide.testbed.training import encode_suites
     root, recs = Path(tempfile.mkdtemp(prefix='bench-verification-')), {}
     for i, task in enumerate(('digit_verify', 'photo_verify', 'word_verify', 'exists')):
         rng = np.random.default_rng([99, i]); (root/task).mkdir(); recs[task] = []
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     p.add_argument('--verification', action='store_true', help='also score the full-data models on yes/no verification')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from coincide.benchmark import make
-    from coincide.models import count_parameters
-    from coincide.training import setup_benchmark, stage1, finetune, evaluate_vlm, relative_performance, STAGE1, STAGE2, VISION
+    from coincide.testbed.benchmark import make
+    from coincide.testbed.models import count_parameters
+    from coincide.testbed.training import setup_benchmark, stage1, finetune, evaluate_vlm, relative_performance, STAGE1, STAGE2, VISION
     log, res = {}, {'threads': a.threads, 'stage1': str(STAGE1), 'stage2': str(STAGE2)}
     done = a.bench is not None and (Path(a.bench)/'benchmark.json').is_file()
     bench = Path(a.bench) if done else timed('benchmark (make or reuse)', lambda: make(a.bench), log)

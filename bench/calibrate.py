@@ -2,10 +2,10 @@
 
 For one demo configuration (benchmark size N and the rest of `DemoConfig`), build the demo's benchmark and its
 pretrained target through the demo's own cached stages, train the target on all records and on Random subsets of
-each fraction for each seed (one epoch, `coincide.training.STAGE2`), and write every (fraction, seed) row with its
-relative performance (the demo's definition, `coincide.demo.relative_per_seed`: mean over the scored suites of
+each fraction for each seed (one epoch, `coincide.testbed.training.STAGE2`), and write every (fraction, seed) row with its
+relative performance (the demo's definition, `coincide.testbed.demo.relative_per_seed`: mean over the scored suites of
 subset / full data; since attempt 11 full data's accuracy is pooled over seeds, before it the same seed's).
-`--jobs 2` trains the targets in two processes (`coincide.demo.train_targets`, with --threads torch threads each).
+`--jobs 2` trains the targets in two processes (`coincide.testbed.demo.train_targets`, with --threads torch threads each).
 
     python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2 --attempt 11
 
@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from coincide.benchmark import VERSION, benchmark_meta
+from coincide.testbed.benchmark import VERSION, benchmark_meta
 from coincide.baselines import random_select
 from coincide.core import budget_size, pick_device
-from coincide.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, train_targets, scored_suites,
+from coincide.testbed.demo import (DemoConfig, Demo, benchmark_stage, target_init_stage, train_targets, scored_suites,
                            relative_per_seed)
-from coincide.training import STAGE1, STAGE2, VISION
-from coincide.models import get_preset, PRESETS
+from coincide.testbed.training import STAGE1, STAGE2, VISION
+from coincide.testbed.models import get_preset, PRESETS
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6)
 
@@ -50,7 +50,7 @@ def main():
     p.add_argument('--device', default=None)
     p.add_argument('--target-seed', type=int, default=DemoConfig().target_seed, help="seed of the pretrained target (a probe of the target's draw)")
     p.add_argument('--attempt', required=True, help="the attempt number (or a probe's name) written in the rows' first column")
-    p.add_argument('--jobs', type=int, default=1, help="processes that train targets in parallel (each with --threads threads; `coincide.demo.train_targets`)")
+    p.add_argument('--jobs', type=int, default=1, help="processes that train targets in parallel (each with --threads threads; `coincide.testbed.demo.train_targets`)")
     p.add_argument('--target', default=None, metavar='WIDTH,LAYERS', help="a target of another size (a probe): the language model's width and depth")
     a = p.parse_args()
     if a.target and a.jobs > 1: p.error('--target is a probe of one process: run it with --jobs 1')

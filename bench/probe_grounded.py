@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from coincide.baselines import random_select
-from coincide.benchmark import make, load_benchmark
+from coincide.testbed.benchmark import make, load_benchmark
 from coincide.core import budget_size
-from coincide.demo import DemoConfig, Demo, benchmark_stage, scored_suites, relative_per_seed
-from coincide.models import build_tiny_llava, save_vlm
-from coincide.training import (STAGE1, STAGE2, VISION, TARGET_SEED, concat_encoded, encode_records, pretrain_vision,
+from coincide.testbed.demo import DemoConfig, Demo, benchmark_stage, scored_suites, relative_per_seed
+from coincide.testbed.models import build_tiny_llava, save_vlm
+from coincide.testbed.training import (STAGE1, STAGE2, VISION, TARGET_SEED, concat_encoded, encode_records, pretrain_vision,
                                train_vlm, finetune, evaluate_vlm)
 import pandas as pd
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from coincide.baselines import random_select
 from coincide.core import budget_size
-from coincide.demo import DemoConfig, Demo, benchmark_stage, target_init_stage
-from coincide.training import finetune, evaluate_vlm, STAGE2
+from coincide.testbed.demo import DemoConfig, Demo, benchmark_stage, target_init_stage
+from coincide.testbed.training import finetune, evaluate_vlm, STAGE2
 
 
 def main():

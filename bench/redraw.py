@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from coincide.demo import DemoConfig, run_demo
+from coincide.testbed.demo import DemoConfig, run_demo
 
 
 def draw_row(cfg:DemoConfig, folder:Path, seconds:float) -> dict:

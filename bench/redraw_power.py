@@ -49,7 +49,7 @@ def run_unit(unit:int, # seed i; the reference is reference_seed i + 1
             ) -> dict: # unit, reference_seed, seed, seconds, the subset's size and every suite's accuracy
     "Select with reference i + 1 and instruction-tune the powered run's target on it with seed i (cached stages)."
     import torch
-    from coincide.demo import DEMO_THREADS, Demo, DemoConfig, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
+    from coincide.testbed.demo import DEMO_THREADS, Demo, DemoConfig, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
     torch.set_num_threads(DEMO_THREADS)                          # stage keys hold the thread count: the powered run used 1
     t0 = time.perf_counter()
     demo = Demo(replace(DemoConfig(), **POWER, reference_seed=unit + 1), Path(cache), 'cpu')
@@ -114,7 +114,7 @@ def summary(units:pd.DataFrame, # one row per unit: seed, suites
             scored:list, # the powered run's scored suites
            ) -> tuple: # (units with rel, D, E; summary dict)
     "D and E per unit and the design's summary statistics."
-    from coincide.demo import relative_per_seed
+    from coincide.testbed.demo import relative_per_seed
     full = power[power.method == 'full']
     rows = pd.concat([full, units.assign(method='coincide-redrawn')], ignore_index=True)
     rel = relative_per_seed(rows, scored)[len(full):].to_numpy()

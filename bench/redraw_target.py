@@ -41,7 +41,7 @@ def run_unit(unit:int, # j: target_seed j + 2, stage-2 seed 36 + j
             ) -> list: # one row per method: unit, target_seed, seed, method, seconds, every suite's accuracy
     "Pretrain target j and train full data, a fresh Random draw and the default reference's COINCIDE subset on it."
     import torch
-    from coincide.demo import DEMO_THREADS, Demo, DemoConfig, baseline_stage, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
+    from coincide.testbed.demo import DEMO_THREADS, Demo, DemoConfig, baseline_stage, benchmark_stage, coincide_stages, reference_stage, target_init_stage, target_stage
     torch.set_num_threads(DEMO_THREADS)
     t0, seed = time.perf_counter(), FIRST_SEED + unit
     demo = Demo(replace(DemoConfig(), **POWER, target_seed=unit + 2), Path(cache), 'cpu')
@@ -61,7 +61,7 @@ def summary(rows:pd.DataFrame, # one row per unit and method
             sd_reference:float, # the between-reference sd (redraw_power.json)
            ) -> tuple: # (one row per unit: random, coincide, D; summary dict)
     "Relative performance of Random and COINCIDE against each unit's own full-data model; D and the design's statistics."
-    from coincide.demo import relative_per_seed
+    from coincide.testbed.demo import relative_per_seed
     rel = pd.concat([g.assign(relative=relative_per_seed(g, scored)) for _, g in rows.groupby('unit')])
     out = rel.pivot(index=['unit', 'target_seed', 'seed'], columns='method', values='relative')[['random', 'coincide']].reset_index()
     out['D'] = out.coincide - out.random

@@ -74,7 +74,7 @@ def chain(cache:Path, # a demo cache; finished stages in it are reused
          ) -> dict: # stage keys, hashes, kernels, COINCIDE's source shares
     "Run the demo's selection chain in this process."
     import torch
-    from coincide.demo import QUICK, DemoConfig, Demo, DEMO_THREADS, benchmark_stage, reference_stage, coincide_stages
+    from coincide.testbed.demo import QUICK, DemoConfig, Demo, DEMO_THREADS, benchmark_stage, reference_stage, coincide_stages
     from coincide.baselines import random_select
     from coincide.data import source_shares
     torch.set_num_threads(DEMO_THREADS)
@@ -168,7 +168,7 @@ def main():
     finally:
         shutil.rmtree(base, ignore_errors=True)
     import torch, faiss, transformers
-    from coincide.benchmark import VERSION
+    from coincide.testbed.benchmark import VERSION
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = {'command': ' '.join(['python', 'bench/reproducibility.py'] + sys.argv[1:]), 'quick': args.quick, 'commit': commit,
               'benchmark_version': VERSION, 'avx2_kernels': AVX2_KERNELS,

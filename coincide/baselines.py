@@ -19,7 +19,7 @@ from .core import CoincideError, load_npy, now_iso, seed_everything, pick_device
 from .data import load_records, record_source, record_task, check_indices
 from .clustering import spherical_kmeans
 from .selection import save_selection
-from .models import load_vlm
+from .testbed.models import load_vlm
 from .model_scores import (scores_path, save_scores, load_scores, cached_scores, compute_reference_scores,
                                    compute_clip_scores, RecordLosses)
 # the scores' other names, importable from here as before they moved to `coincide.model_scores`

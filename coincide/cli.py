@@ -17,9 +17,9 @@ COMMANDS = {
     'select':     ('coincide.selection', 'COINCIDE selection: transferability, density, budget, greedy MMD'),
     'baseline':   ('coincide.baselines', 'select with one of the paper\'s eight baselines'),
     'verify':     ('coincide.verify', 're-hash the inputs of a manifest and re-derive its selection'),
-    'benchmark':  ('coincide.benchmark', 'generate the CPU-sized visual-instruction benchmark'),
-    'train':      ('coincide.training', 'train the tiny target VLM on a selection of the CPU benchmark and score it'),
-    'demo':       ('coincide.demo', 'the CPU demo: a miniature of the paper\'s Table 1'),
+    'benchmark':  ('coincide.testbed.benchmark', 'generate the CPU-sized visual-instruction benchmark'),
+    'train':      ('coincide.testbed.training', 'train the tiny target VLM on a selection of the CPU benchmark and score it'),
+    'demo':       ('coincide.testbed.demo', 'the CPU demo: a miniature of the paper\'s Table 1'),
 }
 
 # %% ../nbs/08_cli.ipynb #2677ca3c

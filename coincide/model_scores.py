@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from .core import CoincideError, save_npy, load_npy, write_manifest, now_iso, seed_everything, pick_device
 from .data import open_image, IMAGE_TOKEN
-from .models import encode_example, train_tokenizer, record_texts
-from .training import pad_batch, answer_positions
+from .testbed.models import encode_example, train_tokenizer, record_texts
+from .testbed.training import pad_batch, answer_positions
 
 # %% ../nbs/06a_model_scores.ipynb #4295ac6f
 HOW_TO_SCORE = {
@@ -246,7 +246,7 @@ def clip_scores(model, # a transformers CLIPModel
     return out
 
 # %% ../nbs/06a_model_scores.ipynb #e27176e0
-def tiny_clip(tokenizer, # e.g. from `coincide.models.train_tokenizer`
+def tiny_clip(tokenizer, # e.g. from `coincide.testbed.models.train_tokenizer`
               image_size:int=32, # S, pixels per side
               patch_size:int=8, # pixels per side of a patch
               hidden:int=32, # hidden size of both towers

@@ -7,7 +7,7 @@ near-duplicates of digits cannot be read back this way (None). Used by tests/tes
 """
 import functools, re
 import numpy as np
-from coincide.benchmark import BG, OPPOSITES, THINGS, blobs, colour_of, kind_of, sklearn_digits, two_caption, word_masks
+from coincide.testbed.benchmark import BG, OPPOSITES, THINGS, blobs, colour_of, kind_of, sklearn_digits, two_caption, word_masks
 from coincide.data import open_image
 
 COLOUR_QUESTIONS = ('What colour is the shape?', 'Which colour is shown?', 'What colour is it?', 'What colour is the text?')

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from coincide.baselines import BASELINES, tiny_clip, save_scores, scores_path, compute_reference_scores
-from coincide.models import train_tokenizer, record_texts, build_processor, build_tiny_llava
+from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava
 
 COLOURS = ['red', 'green', 'blue', 'yellow', 'white', 'black']
 SOURCES = ['coco', 'gqa', 'vg']

@@ -8,10 +8,10 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from coincide.benchmark import COLOURS, BG, SUITES, make, load_benchmark, load_pretrain, benchmark_meta
+from coincide.testbed.benchmark import COLOURS, BG, SUITES, make, load_benchmark, load_pretrain, benchmark_meta
 from coincide.core import CoincideError
 from coincide.data import validate_records
-from coincide.scoring import is_correct
+from coincide.testbed.scoring import is_correct
 from benchmark_oracle import expected_answers
 
 FIXTURE = Path(__file__).parent.parent/'data'/'fixture'

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from coincide.core import save_npy, sha256_file
-from coincide.demo import DemoConfig, METHODS, run_demo
+from coincide.testbed.demo import DemoConfig, METHODS, run_demo
 
 MICRO = DemoConfig(n_train=400, n_eval=20, n_captions=80, n_pretrain=400, seeds=2)
 
@@ -101,7 +101,7 @@ def test_targets_trained_in_worker_processes_equal_those_trained_in_process(micr
 
 def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it(monkeypatch, tmp_path):
     "Seed 0 leaves the reference stage's parameters as they were before the seed was a setting; seed 1 is another stage."
-    import coincide.demo as d
+    import coincide.testbed.demo as d
     seen = {}
     def record(demo, name, params, fn):                                   # the stage's parameters, no training
         seen[demo.cfg.reference_seed] = params
@@ -118,7 +118,7 @@ def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it
 def test_demo_command_passes_reference_and_target_seeds_and_rejects_negative_ones(monkeypatch, tmp_path):
     "`--reference-seed` and `--target-seed` reach the demo's config; unset, the preset's seeds stay; a negative seed is refused."
     import argparse
-    import coincide.demo as d
+    import coincide.testbed.demo as d
     from coincide.core import CoincideError
     seen = []
     def record(cfg, out, device=None, jobs=None):                          # the config run_demo would get, no training

@@ -1,10 +1,10 @@
-"""coincide.models: tokenizer, prompt format and loss mask, save/load through the Auto classes."""
+"""coincide.testbed.models: tokenizer, prompt format and loss mask, save/load through the Auto classes."""
 import pytest, torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from coincide.benchmark import make
+from coincide.testbed.benchmark import make
 from coincide.core import CoincideError
 from coincide.data import load_records, open_image
-from coincide.models import (train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example,
+from coincide.testbed.models import (train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example,
                              answer_mask, num_image_tokens, save_vlm, load_vlm, count_parameters, PRESETS, IMAGE_TOKEN)
 
 

@@ -1,13 +1,13 @@
-"""coincide.training: encoding cache, answer-only loss, deterministic training, generation and scoring."""
+"""coincide.testbed.training: encoding cache, answer-only loss, deterministic training, generation and scoring."""
 import numpy as np, pandas as pd, pytest, torch
 from dataclasses import replace
-from coincide.benchmark import make, benchmark_meta
+from coincide.testbed.benchmark import make, benchmark_meta
 from coincide.core import CoincideError
 from coincide.data import load_records, open_image
-from coincide.models import train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
-from coincide.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
+from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
+from coincide.testbed.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
                                evaluate_vlm, relative_performance)
-from coincide.scoring import normalize_answer, is_correct
+from coincide.testbed.scoring import normalize_answer, is_correct
 
 
 @pytest.fixture(scope='module')
@@ -129,8 +129,8 @@ def test_relative_performance_arithmetic():
 def test_train_main_writes_model_eval_and_manifest(bench, tmp_path):
     import argparse, json
     from coincide.core import save_npy
-    from coincide.models import load_vlm
-    from coincide.training import train_args, train_main
+    from coincide.testbed.models import load_vlm
+    from coincide.testbed.training import train_args, train_main
     d = bench[0]
     save_npy(tmp_path/'indices.npy', np.arange(0, 32, 2))
     p = argparse.ArgumentParser(); train_args(p)
@@ -159,7 +159,7 @@ def test_train_and_demo_take_a_device(cli, tmp_path):
 
 
 def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path):
-    from coincide.training import setup_benchmark, pretrain_target, finetune, TrainConfig
+    from coincide.testbed.training import setup_benchmark, pretrain_target, finetune, TrainConfig
     setup = setup_benchmark(bench[0], vocab_size=200)
     assert setup.pretrain is not None and len(setup.pretrain) == 32 and (setup.pretrain.image_index >= 0).any()   # grounded: images and questions
     pretrain_target(setup, tmp_path/'pre', 'test', device='cpu')
