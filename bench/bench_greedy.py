@@ -3,13 +3,13 @@
 `python bench/bench_greedy.py [--n 20000] [--d 2048] [--m 4000] [--reference] [--batch 32] [--pool 4096] [--profile] [--repeat R]` builds one cluster of `n` unit
 vectors (float16, isotropic noise around a common direction, as in `bench_selection.py`), times one float32
 product `x @ x.T.copy()` (the floor: one kernel's worth of dot products), then `greedy_mmd(x, m)` with the row
-sums included (with `--device cuda` on the GPU), and with `--reference` the greedy as it was before
+sums included (with `--device cuda` on the GPU), and with `--reference` the frozen float64 greedy
 (tests/reference_greedy.py), checking that both make the same picks. Results go to bench/results/greedy.json,
 with the kernel rows the greedy computed (`kernel_rows_computed`, and per pick), the rows it took from the
 row-sum pass (`kernel_rows_known`), its BLAS batches, the float32 product timed again right after the greedy
 (`float32_gemm_after_s`, and `ratio_to_mean_gemm` against the mean of both), the time of the row-sum pass alone
 (`row_sums_s`, measured after; with BLAS on more than one thread also `row_sums_one_thread_s`, the same pass as one
-loop, which is how it ran before it computed blocks in threads), the BLAS threads and the load average before and after:
+loop on all BLAS threads), the BLAS threads and the load average before and after:
 the machine may be shared, so only ratios measured in one process are meaningful. `--repeat R` times R greedy runs,
 each between two float32 products, and writes each run's ratio to the mean of its two products (`rounds`) with their
 mean, sd (ddof = 1), min and max (`ratio_to_mean_gemm_rounds`) and whether every run made the same picks. `--batch` and `--pool` set the
@@ -71,7 +71,7 @@ def main():
            'kernel_rows_known': stats.get('known'), 'batches': stats.get('batches'),
            'blas_threads': [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'],
            'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', 'unset'), 'load_before': load0}
-    from coincide.transferability import kernel_row_buffer, on_device, unique_rows, weighted_row_sums
+    from coincide.kernels import kernel_row_buffer, on_device, unique_rows, weighted_row_sums
     first, _, counts = unique_rows(x)
     rows, known = kernel_row_buffer(len(first), args.cache_mb << 20)
     u = on_device(x[first], args.device)                            # (q, d) float64 distinct rows

@@ -32,7 +32,8 @@ def worker(backend:str, n:int, d:int, k:int, niter:int, seed:int) -> dict:
     "Time training and assignment for one backend in this process; return the timings as a dict."
     import numpy as np, torch
     if backend == 'faiss': import faiss
-    from coincide.clustering import planted_clusters, faiss_sample, gather_rows, _train, assign
+    from coincide.clustering import faiss_sample, gather_rows, _train, assign
+    from coincide.testbed.synthetic import planted_clusters
     x, _ = planted_clusters(n, d, k, spread=1.0, seed=0)                        # (n, d) float32
     idx = faiss_sample(n, k, seed)
     xs = gather_rows(x, idx)                                                     # (m, d)

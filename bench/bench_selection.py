@@ -90,7 +90,7 @@ def bench_greedy(n=2000, m=400, d=2048, seed=0, check_steps=40, sample=(0, 100, 
 # ---------------------------------------------------------------- part 2: the selection stage at LLaVA-665K scale
 def make_run(run, N=665_000, D=2048, K=10_000, a=0.68, seed=0):
     "Write a run folder with planted clusters (the planted labels and centres are the clustering), streaming the embeddings."
-    from coincide.transferability import synthetic_run
+    from coincide.testbed.synthetic import synthetic_run
     synthetic_run(run, n=N, k=K, d=D, seed=seed, zipf=a, lloyd=None, common=0.6, spread=(0.6, 1.6))
     return np.sort(np.bincount(np.load(run/'assignments.npy'), minlength=K))[::-1]
 

@@ -4,12 +4,12 @@ For one demo configuration (benchmark size N and the rest of `DemoConfig`), buil
 pretrained target through the demo's own cached stages, train the target on all records and on Random subsets of
 each fraction for each seed (one epoch, `coincide.testbed.training.STAGE2`), and write every (fraction, seed) row with its
 relative performance (the demo's definition, `coincide.testbed.demo.relative_per_seed`: mean over the scored suites of
-subset / full data; since attempt 11 full data's accuracy is pooled over seeds, before it the same seed's).
+subset / full data, full data's accuracy pooled over seeds). The designs of attempts 10-14 are in bench/designs/calibration.md.
 `--jobs 2` trains the targets in two processes (`coincide.testbed.demo.train_targets`, with --threads torch threads each).
 
     python bench/calibrate.py --n-pretrain 16500 --seeds 10 --jobs 2 --attempt 11
 
-Acceptance (issue 13): Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
+Acceptance: Random 20 % reaches 93-97 % of full data, Random 5 % at most 90 %.
 """
 import argparse, hashlib, json, os, subprocess, time
 from dataclasses import asdict, replace

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issues 14 and 15 as one prepared run, for a machine with one CUDA GPU (run by hand):
+# Every GPU check as one prepared run, for a machine with one CUDA GPU (run by hand):
 #
 #     bash bench/gpu_checks.sh OUT_DIR
 #

@@ -7,7 +7,7 @@ model (reference_seed i + 1) with its own stage-2 seed i: COINCIDE selects with 
 powered run's, target_seed 1) is instruction-tuned on that subset with seed i, and the difference to Random's seed-i
 draw is one sample of COINCIDE - Random over reference draws and seeds together.
 
-Design, fixed before the first unit ran (bench/results/README_issue13.md, session 8):
+Design, fixed before the first unit ran (recorded verbatim in bench/designs/reference_redraw.md):
 - 12 units (seeds 0-11, references 1-12), chosen for time (estimated at 5 minutes per unit on one core; they took
   2 minutes each, two at once);
 - the powered run's benchmark (300 items per suite), scored suites and full-data accuracy pooled over its 36 seeds;

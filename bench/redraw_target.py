@@ -5,7 +5,7 @@ the pretrained target. Unit j pretrains its own target (target_seed j + 2; the p
 default reference model and its COINCIDE subset (cached), and trains full data, a fresh Random draw and COINCIDE
 on that target with stage-2 seed 36 + j (seeds the powered run did not use).
 
-Design, fixed before the first unit ran (bench/results/README_issue13.md, session 8):
+Design, fixed before the first unit ran (recorded verbatim in bench/designs/target_redraw.md):
 - 6 units, chosen for time (a target pretraining takes about 10 minutes on one core here);
 - the powered run's benchmark (300 items per suite) and scored suites; each unit's relative performance is
   against its own full-data model (one seed);

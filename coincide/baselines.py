@@ -19,12 +19,9 @@ from .core import CoincideError, load_npy, now_iso, seed_everything, pick_device
 from .data import load_records, record_source, record_task, check_indices
 from .clustering import spherical_kmeans
 from .selection import save_selection
-from .testbed.models import load_vlm
+from .activations import load_reference
 from .model_scores import (scores_path, save_scores, load_scores, cached_scores, compute_reference_scores,
                                    compute_clip_scores, RecordLosses)
-# the scores' other names, importable from here as before they moved to `coincide.model_scores`
-from .model_scores import (HOW_TO_SCORE, REFERENCE_SCORES, encode_record, answer_token_stats,
-                                   reference_scores, conversation_text, clip_inputs, clip_scores, tiny_clip, train_tiny_clip)
 
 # %% ../nbs/06_baselines.ipynb #81e21cab
 KEEPS = ('bottom', 'middle', 'top')
@@ -430,7 +427,7 @@ def _ensure_scores(args, run:Path, records):
     inputs = {'data': Path(args.data)} if args.data else {}
     if any(not scores_path(run, s).is_file() for s in need) and args.model:
         if records is None: raise CoincideError("--model computes scores over the records: pass them with --data")
-        model, proc = load_vlm(args.model)
+        model, proc = load_reference(args.model)
         compute_reference_scores(run, records, model, proc, args.images, args.batch_size, args.device, {'model_path': str(args.model)}, inputs)
     if args.name == 'self-filter' and not scores_path(run, 'self_filter').is_file() and args.model:
         _train_self_filter_cli(args, run, records, inputs)
@@ -444,7 +441,7 @@ def _ensure_scores(args, run:Path, records):
 def _train_self_filter_cli(args, run:Path, records, inputs:dict):
     "Self-Filter stage 1 from the CLI: train a fresh copy of --model jointly with the score net on the cached emb_mean."
     if records is None: raise CoincideError("--model trains Self-Filter's score net over the records: pass them with --data")
-    model, proc = load_vlm(args.model)
+    model, proc = load_reference(args.model)
     feats = load_scores(run, 'emb_mean', len(records))
     p = {'model_path': str(args.model), 'features': 'emb_mean', 'epochs': args.epochs, 'batch_size': args.batch_size, 'seed': args.seed}
     d = train_self_filter(RecordLosses(model, proc, records, args.images), feats, epochs=args.epochs, batch_size=args.batch_size,

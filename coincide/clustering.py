@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['BACKENDS', 'INITS', 'GENERIC_BLAS_KERNELS', 'FEW_ROWS', 'ClusterConfig', 'check_embeddings', 'check_cluster_params',
            'faiss_sample', 'gather_rows', 'assign', 'kmeanspp_init', 'torch_kmeans', 'fit_pca', 'mean_centroids',
-           'faiss_blas_kernel', 'slow_blas_message', 'warn_if_slow_faiss_blas', 'spherical_kmeans', 'planted_clusters',
-           'agreement', 'size_histogram', 'gini', 'cluster_diagnostics', 'collapse_problems', 'check_collapse',
-           'plot_cluster_sizes', 'cluster_run', 'cluster_args', 'cluster_main']
+           'faiss_blas_kernel', 'slow_blas_message', 'warn_if_slow_faiss_blas', 'spherical_kmeans', 'agreement',
+           'size_histogram', 'gini', 'cluster_diagnostics', 'collapse_problems', 'check_collapse', 'plot_cluster_sizes',
+           'cluster_run', 'cluster_args', 'cluster_main']
 
 # %% ../nbs/03_clustering.ipynb #bbb39fec
 import argparse, functools, warnings
@@ -324,20 +324,6 @@ def spherical_kmeans(x:np.ndarray, # (n, d) float16/float32, unit-norm rows; a m
     if project is not None: cent = mean_centroids(x, labels, k, chunk)                  # (k, d)
     if stats is not None: stats.update(st, n_train=len(idx))
     return cent, labels
-
-# %% ../nbs/03_clustering.ipynb #71290b50
-def planted_clusters(n:int=500, # number of points
-                     d:int=32, # dimension
-                     k:int=5, # number of planted clusters
-                     spread:float=0.1, # noise scale around each centre
-                     seed:int=0, # seed
-                    ) -> tuple: # (n, d) float32 unit rows, (n,) int64 planted labels
-    "Synthetic unit vectors around `k` random centres, for examples, tests and benchmarks."
-    g = np.random.default_rng(seed)
-    centres = g.standard_normal((k, d))
-    labels = g.integers(0, k, n)
-    x = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True) + spread * g.standard_normal((n, d)) / np.sqrt(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels.astype(np.int64)
 
 # %% ../nbs/03_clustering.ipynb #57a4fa24
 def agreement(a:np.ndarray, # (n,) int cluster ids of one labelling

@@ -15,8 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 from .core import CoincideError, atomic_write, budget_size, load_npy, now_iso, save_npy, write_manifest
 from .data import check_indices, load_records, write_subset
-from .transferability import (ClusterRows, cluster_index, density_sums, gaussian_kernel, is_tensor, kernel_row_buffer,
-                                      load_layout, on_device, sq_norms, to_numpy, transferability, unique_rows, weighted_row_sums)
+from .kernels import (ClusterRows, cluster_index, density_sums, gaussian_kernel, is_tensor, kernel_row_buffer, on_device,
+                              sq_norms, to_numpy, unique_rows, weighted_row_sums)
+from .transferability import load_layout, transferability
 
 # %% ../nbs/05_selection.ipynb #f78c4135
 def _float32(a:np.ndarray, # float64 rows, numpy or torch

@@ -2,7 +2,7 @@
 frozen for tests with the kernel code it used: the current greedy must make exactly the same picks."""
 import numpy as np
 from coincide.core import CoincideError
-from coincide.transferability import unique_rows
+from coincide.kernels import unique_rows
 
 
 def sq_norms(x:np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from coincide.baselines import BASELINES, tiny_clip, save_scores, scores_path, compute_reference_scores
+from coincide.baselines import BASELINES, save_scores, scores_path, compute_reference_scores
+from coincide.testbed.models import tiny_clip
 from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava
 
 COLOURS = ['red', 'green', 'blue', 'yellow', 'white', 'black']

@@ -3,7 +3,8 @@ and every kind of bad input stops with exit 2 and a message that names it."""
 import json, shutil, warnings
 import numpy as np
 import pytest
-from coincide.clustering import planted_clusters, agreement, spherical_kmeans
+from coincide.clustering import agreement, spherical_kmeans
+from coincide.testbed.synthetic import planted_clusters
 from coincide.core import sha256_file
 
 OUTPUTS = ('centroids.npy', 'assignments.npy', 'cluster.manifest.json')

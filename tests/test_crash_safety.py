@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from coincide.transferability import synthetic_run
+from coincide.testbed.synthetic import synthetic_run
 
 COINCIDE = str(Path(sys.executable).parent/'coincide')
 

@@ -99,8 +99,8 @@ def test_targets_trained_in_worker_processes_equal_those_trained_in_process(micr
                                   pd.read_csv(tmp_path/'results_per_seed.csv').drop(columns='select_seconds'))
 
 
-def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it(monkeypatch, tmp_path):
-    "Seed 0 leaves the reference stage's parameters as they were before the seed was a setting; seed 1 is another stage."
+def test_another_reference_seed_is_another_stage(monkeypatch, tmp_path):
+    "The reference stage's parameters carry its seed, so seed 1 is another stage (another cache key) than seed 0."
     import coincide.testbed.demo as d
     seen = {}
     def record(demo, name, params, fn):                                   # the stage's parameters, no training
@@ -111,7 +111,7 @@ def test_reference_seed_zero_keeps_the_old_cache_key_and_another_seed_changes_it
         demo = d.Demo(DemoConfig(reference_seed=seed), tmp_path)
         demo.keys['benchmark'] = 'benchmark-x'
         d.reference_stage(demo)
-    assert 'seed' not in seen[0] and seen[1]['seed'] == 1
+    assert seen[0]['seed'] == 0 and seen[1]['seed'] == 1
     assert d.stage_key('reference', seen[0]) != d.stage_key('reference', seen[1])
 
 

@@ -4,8 +4,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from coincide.testbed.benchmark import make
 from coincide.core import CoincideError
 from coincide.data import load_records, open_image
-from coincide.testbed.models import (train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example,
-                             answer_mask, num_image_tokens, save_vlm, load_vlm, count_parameters, PRESETS, IMAGE_TOKEN)
+from coincide.data import IMAGE_TOKEN
+from coincide.model_scores import encode_example, answer_mask, num_image_tokens
+from coincide.testbed.models import (train_tokenizer, record_texts, build_processor, build_tiny_llava, save_vlm, load_vlm,
+                                     count_parameters, PRESETS)
 
 
 @pytest.fixture(scope='module')

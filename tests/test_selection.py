@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide, select_sweep
-from coincide.transferability import synthetic_run
+from coincide.testbed.synthetic import synthetic_run
 from naive_coincide import load_run, naive_greedy, naive_kernel, naive_select
 
 

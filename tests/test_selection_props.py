@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from coincide.core import CoincideError, budget_size
 from coincide.selection import allocate_budget, greedy_mmd, save_selection, select_coincide
 from naive_coincide import naive_greedy, naive_kernel
-from coincide.transferability import synthetic_run
+from coincide.testbed.synthetic import synthetic_run
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

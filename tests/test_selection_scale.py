@@ -6,7 +6,8 @@ import pytest
 import reference_greedy
 from coincide.core import budget_size
 from coincide.selection import greedy_mmd, select_coincide
-from coincide.transferability import density_sums, synthetic_run
+from coincide.kernels import density_sums
+from coincide.testbed.synthetic import synthetic_run
 from naive_coincide import load_run, naive_greedy, naive_kernel, naive_select
 
 try:
@@ -183,7 +184,7 @@ def test_look_ahead_float32_rows_without_a_large_copy():
 def test_no_large_symmetric_product():
     # numpy's OpenBLAS crashed (segfault) on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads: symmetric products
     # above the tile size go by tiles of general products (checked here on a small tile)
-    code = ("import numpy as np; from coincide.transferability import _dot_rows; "
+    code = ("import numpy as np; from coincide.kernels import _dot_rows; "
             "u = np.random.default_rng(0).normal(size=(1500, 512)); "
             "assert np.allclose(_dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
@@ -193,7 +194,7 @@ def test_no_large_symmetric_product():
 def test_row_sums_same_bits_for_any_threads():
     "The row-sum pass in threads (one BLAS thread each) gives the bits of the one-thread loop, with BLAS on one or two threads."
     code = ("import hashlib, sys, numpy as np; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
-            "from coincide.transferability import weighted_row_sums; "
+            "from coincide.kernels import weighted_row_sums; "
             "u = cluster(2500, 512, 5).astype(np.float64); w = np.arange(2500) % 3 + 1.0; rows = np.empty((1100, 2500)); "
             "r = weighted_row_sums(u, w, rows=rows, threads=None if sys.argv[1] == 'None' else int(sys.argv[1])); "
             "print(hashlib.sha256(r.tobytes() + rows.tobytes()).hexdigest())")
@@ -208,8 +209,8 @@ def test_row_sums_same_bits_for_any_threads():
 def test_big_cluster_two_threads():
     "Density and greedy MMD on one 20,000-member cluster at D = 2,048 with two BLAS threads: no crash, same picks for a prefix."
     code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
-            "from coincide.transferability import density_sums; from coincide.selection import greedy_mmd; "
-            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.transferability import _dot_rows; _dot_rows(u, u); "
+            "from coincide.kernels import density_sums; from coincide.selection import greedy_mmd; "
+            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.kernels import _dot_rows; _dot_rows(u, u); "
             "D, r = density_sums(x); p = greedy_mmd(x, 1000, r=r); "
             "import reference_greedy; q = reference_greedy.greedy_mmd(x, 300, r=r); "
             "assert (p[:300] == q).all(); print('ok', D)")
@@ -223,7 +224,7 @@ def test_float16_rows_released_before_the_row_sums(tmp_path, monkeypatch):
     row-sum pass (at D = 20,480 the largest cluster's float16 rows are 0.67 GB beside 2.7 GB of float64)."""
     import weakref
     import coincide.selection as sel
-    import coincide.transferability as tr
+    import coincide.kernels as tr
     x = cluster(1500, 64, 9)
     np.save(tmp_path/'emb.npy', x)
     refs, alive = [], []

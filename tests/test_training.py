@@ -4,7 +4,8 @@ from dataclasses import replace
 from coincide.testbed.benchmark import make, benchmark_meta
 from coincide.core import CoincideError
 from coincide.data import load_records, open_image
-from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava, encode_example, answer_mask
+from coincide.model_scores import encode_example, answer_mask
+from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava
 from coincide.testbed.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
                                evaluate_vlm, relative_performance)
 from coincide.testbed.scoring import normalize_answer, is_correct

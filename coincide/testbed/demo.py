@@ -241,7 +241,7 @@ def reference_stage(demo:Demo, # the demo's state, after `benchmark_stage`
     from coincide.testbed.models import save_vlm
     params = {'benchmark': demo.keys['benchmark'], 'preset': demo.cfg.reference_preset, 'vision': asdict(VISION), 'stage1': asdict(STAGE1),
               'stage2': asdict(REFERENCE), 'device': demo.device, 'torch_threads': torch_threads(),
-              **({'seed': demo.cfg.reference_seed} if demo.cfg.reference_seed else {})}   # seed 0 keeps the key it had before the seed was a setting
+              'seed': demo.cfg.reference_seed}
     def build(folder):
         stage1(demo.setup, demo.cfg.reference_preset, STAGE1, seed=demo.cfg.reference_seed, out_dir=folder/'stage1', device=demo.device)
         save_vlm(finetune(demo.setup, folder/'stage1', None, REFERENCE, seed=demo.cfg.reference_seed, device=demo.device), demo.setup.processor, folder/'model')
@@ -297,14 +297,14 @@ def scores_stage(demo:Demo, # the demo's state, after `benchmark_stage`
                 ) -> tuple: # (run folder, seconds per score family)
     "Compute every baseline score once; return (run folder holding RUN/scores, seconds per score family)."
     from coincide import baselines as bl
-    from coincide.testbed.models import load_vlm
+    from coincide.testbed.models import load_vlm, train_tiny_clip
     train, bench = demo.train, demo.bench
     def build(f):
         t0 = time.perf_counter()
         model, proc = load_vlm(ref_model)
         bl.compute_reference_scores(f, train, model, proc, bench, batch_size=32, device=demo.device)
         t1 = time.perf_counter()
-        clip, cproc = bl.train_tiny_clip(demo.captions, bench, epochs=5, seed=0, device=demo.device)
+        clip, cproc = train_tiny_clip(demo.captions, bench, epochs=5, seed=0, device=demo.device)
         bl.compute_clip_scores(f, train, clip, cproc, bench, device=demo.device)
         t2 = time.perf_counter()
         target, tproc = load_vlm(target_init)
