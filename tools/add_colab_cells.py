@@ -3,7 +3,8 @@
     python tools/add_colab_cells.py                       # every notebook under nbs/
     python tools/add_colab_cells.py nbs/index.ipynb ...   # only these
 
-The badge is a markdown cell right after the title cell (nbdev turns the title cell into the page's
+The badge is a markdown cell right after the title cell (in the README's notebook it opens the
+paper-scale tutorial) (nbdev turns the title cell into the page's
 front matter, so a badge inside it would vanish from the docs). The install cell follows the badge;
 code cells above the title other than `#| default_exp` move below it, so on Colab it runs first.
 Off Colab the install cell does nothing, so `nbdev_test` runs it as a no-op; it carries no
@@ -24,28 +25,19 @@ def settings() -> configparser.SectionProxy:
     return cfg['DEFAULT']
 
 def badge(nb_path:Path, cfg) -> str:
-    "The badge markdown: a link that opens `nb_path` from the repository's main branch on Colab."
+    "The badge markdown: a link that opens `nb_path` (for the README's notebook: the paper-scale tutorial) on Colab."
     user, repo = cfg['git_url'].rstrip('/').split('/')[-2:]
+    if nb_path.name == cfg['readme_nb']: nb_path = ROOT/cfg['nbs_path']/'tutorials'/'paper_scale_colab.ipynb'
     rel = nb_path.resolve().relative_to(ROOT).as_posix()
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"(https://colab.research.google.com/github/{user}/{repo}/blob/{cfg['branch']}/{rel})")
 
 def install_code(cfg) -> str:
-    "The install cell: on Colab pip-installs the package (from a clone if there is one) with Colab's torch pinned."
-    lib = cfg['lib_name']
-    return f"""{INSTALL_MARK}{lib}, keeping Colab's own torch; anywhere else this cell does nothing.
-import os, sys
-if 'google.colab' in sys.modules or 'COLAB_RELEASE_TAG' in os.environ:
-    import importlib.metadata, subprocess, torch
-    from pathlib import Path
-    clone = next((p for p in (Path.cwd(), *Path.cwd().parents, Path('/content/{lib}'))
-                  if (p/'settings.ini').is_file() and (p/'{lib}').is_dir()), None)
-    try: importlib.metadata.version('{lib}')
-    except importlib.metadata.PackageNotFoundError:
-        Path('/tmp/keep-torch.txt').write_text(f'torch=={{torch.__version__}}\\n')
-        source = ['-e', str(clone)] if clone else ['git+{cfg['git_url']}']
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '-c', '/tmp/keep-torch.txt', *source], check=True)
-    if clone: sys.path.insert(0, str(clone))"""
+    "The install cell: on Colab pip-installs the package with its test bed (Colab's torch satisfies it and stays)."
+    return (f"{INSTALL_MARK}{cfg['lib_name']} with its test bed; anywhere else this cell does nothing.\n"
+            "import sys\n"
+            "if 'google.colab' in sys.modules:\n"
+            f"    !pip install -q \"{cfg['lib_name']}[testbed] @ git+{cfg['git_url']}\"")
 
 def text(cell) -> str: return ''.join(cell['source'])
 

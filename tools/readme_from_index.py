@@ -4,7 +4,8 @@
     python tools/readme_from_index.py --check   # exit 1 if README.md is not in step with the notebook
 
 Markdown cells are copied as they are; code cells that a reader sees (no `#| hide`, not the Colab
-install cell) become fenced Python blocks; the Colab badge is kept.
+install cell) become fenced Python blocks; the Colab badge is kept; image paths relative to nbs/
+(`images/...`) are made relative to the repository's root.
 """
 import argparse, json, sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def readme_text(nb_path:Path) -> str:
         if not shown(cell): continue
         src = ''.join(cell['source']).strip('\n')
         parts.append(src if cell['cell_type'] == 'markdown' else f'```python\n{src}\n```')
-    return '\n\n'.join(parts) + '\n'
+    text = '\n\n'.join(parts) + '\n'
+    return text.replace('](images/', '](nbs/images/')                        # the index's images live in nbs/images/
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
