@@ -10,7 +10,7 @@ fit in the step number; its first `--check-steps` steps are also run in full and
 Part 2 - the selection stage (everything after k-means: transferability, density, allocation,
 greedy MMD, writing indices, table and manifest with input hashes) on N=665,000 x D=2,048 float16
 embeddings read from a memory-mapped file, K=10,000 clusters with Zipf-skewed sizes. The run folder
-is written by `coincide.transferability.synthetic_run` (streaming) in a temporary folder on disk and
+is written by `coincide.testbed.synthetic.synthetic_run` (streaming) in a temporary folder on disk and
 deleted afterwards (or `--run DIR` reuses one). The stage runs in a subprocess, once per `--workers`
 count; its wall and CPU time, peak resident memory (getrusage ru_maxrss, and the anonymous and
 file-page parts sampled from /proc), a breakdown of the time and the hashes of its outputs are

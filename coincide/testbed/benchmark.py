@@ -4,33 +4,30 @@
 
 # %% auto #0
 __all__ = ['VERSION', 'TAIL', 'SIZE', 'BG', 'COLOURS', 'SHAPES', 'WORDS', 'PHOTOS', 'YES_NO', 'DIGITS', 'SUMS', 'PLUS', 'COUNTS',
-           'RELATIONS', 'CELLS', 'SINGLES', 'OPPOSITES', 'THINGS', 'TASKS', 'SOURCES', 'SUITES', 'POOLS', 'OWNED',
-           'digit_pixels', 'sklearn_digits', 'digit_pool', 'photo_pool', 'photo_crop', 'render_word', 'word_masks',
-           'shape_mask', 'canvas', 'draw_single', 'draw_scene', 'blobs', 'kind_of', 'colour_of', 'Sample', 'pick_tail',
-           'shape_turn', 'task_shape_recog', 'task_colour_recog', 'task_describe', 'task_dialog', 'task_count',
-           'task_count_triangle', 'place_two', 'draw_two', 'task_spatial', 'task_exists', 'digit_turn',
-           'task_digit_recog', 'task_digit_verify', 'task_digit_sum', 'task_colour_choice', 'task_digit_choice',
-           'photo_turn', 'task_photo_recog', 'task_photo_verify', 'task_photo_choice', 'draw_word', 'word_turn',
-           'task_read', 'task_text_colour', 'task_word_verify', 'task_text_qa', 'task_digit_multi', 'task_photo_multi',
-           'task_word_multi', 'task_shape_multi', 'two_caption', 'task_caption', 'to_record', 'jitter', 'corrupt',
-           'source_sizes', 'gen_source', 'png_bytes', 'save_png', 'save_records', 'write_pool', 'write_split',
-           'suite_info', 'composition_counts', 'generator_versions', 'benchmark_params', 'write_meta', 'default_dir',
-           'is_done', 'generate', 'make', 'Benchmark', 'load_benchmark', 'load_pretrain', 'benchmark_meta',
-           'show_examples', 'source_table', 'benchmark_args', 'benchmark_main']
+           'RELATIONS', 'CELLS', 'SINGLES', 'SUBJECTS', 'ASKS', 'TASK_TABLE', 'OPPOSITES', 'THINGS', 'TASKS', 'SOURCES',
+           'SUITES', 'POOLS', 'OWNED', 'digit_pixels', 'sklearn_digits', 'digit_pool', 'photo_pool', 'photo_crop',
+           'render_word', 'word_masks', 'shape_mask', 'canvas', 'draw_single', 'draw_scene', 'blobs', 'kind_of',
+           'colour_of', 'Sample', 'pick_tail', 'shape_turn', 'digit_image', 'digit_turn', 'photo_turn', 'draw_word',
+           'word_image', 'word_turn', 'Subject', 'draw_subject', 'TableTask', 'table_sample', 'task_dialog',
+           'task_count', 'task_count_triangle', 'place_two', 'draw_two', 'task_spatial', 'task_text_qa', 'two_caption',
+           'task_caption', 'to_record', 'jitter', 'corrupt', 'source_sizes', 'gen_source', 'png_bytes', 'save_png',
+           'save_records', 'write_pool', 'write_split', 'suite_info', 'composition_counts', 'generator_versions',
+           'benchmark_params', 'write_meta', 'default_dir', 'is_done', 'generate', 'make', 'Benchmark',
+           'load_benchmark', 'load_pretrain', 'benchmark_meta', 'show_examples', 'source_table', 'benchmark_args',
+           'benchmark_main']
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #b298d916
 import functools, hashlib, json, os, shutil, struct, tempfile, zlib
 from dataclasses import dataclass
 from importlib.metadata import version, PackageNotFoundError
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm.auto import tqdm
 from ..core import CoincideError, atomic_write, save_json, sha256_file
 from ..data import load_records, open_image
-from .scoring import normalize_answer, reference_answer, accepted_answers, is_correct # re-exported: scoring lived here before coincide.testbed.scoring
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #bfef991d
 VERSION = 11 # bump when the generator's output changes for the same params
@@ -196,6 +193,7 @@ class Sample:
 # %% ../../nbs/10_testbed_benchmark.ipynb #e6e8b17f
 def _pick(rng, seq): return seq[int(rng.integers(len(seq)))]
 def _colour(rng): return _pick(rng, tuple(COLOURS))
+def _true_or_other(rng, y, options): return y if rng.random() < 0.5 else _pick(rng, [o for o in options if o != y]) # what a yes/no question names
 
 @functools.lru_cache(None)
 def _tail_weights(n:int) -> np.ndarray: # (n,) float64, summing to 1
@@ -211,48 +209,180 @@ def pick_tail(rng:np.random.Generator, # the sample's random stream
     return seq[int(rng.choice(len(seq), p=_tail_weights(len(seq))))] if split == 'train' else _pick(rng, seq)
 
 SINGLES = tuple((k, c) for c in COLOURS for k in SHAPES) # the 18 single shapes, in order of their training frequency
-def _single(rng, split): return pick_tail(rng, SINGLES, split)
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #8edaac2d
 def shape_turn(rng:np.random.Generator, # the sample's random stream
-               k:str, # the shape's kind
-               c:str, # its colour
-               ask:str, # 'shape', 'colour', 'describe' or 'exists'
+               f:dict, # the shape: {'kind': ..., 'colour': ...}
+               ask:str, # 'shape', 'colour', 'describe', 'verify' or 'choice' (of its colour)
               ) -> tuple: # (question, answer)
-    "One question about a single shape of kind `k` and colour `c`, and its answer."
+    "One question about a single shape and its answer."
+    k, c = f['kind'], f['colour']
     if ask == 'shape': return _pick(rng, ('What shape is this?', 'Which shape is shown?', 'Name the shape.')), k
     if ask == 'colour': return _pick(rng, ('What colour is the shape?', 'Which colour is shown?')), c
     if ask == 'describe': return _pick(rng, ('Describe the shape in two words.', 'What colour and shape is this?')), f'{c} {k}'
+    if ask == 'choice': return 'What colour is the shape?', c
     other = _pick(rng, [x for x in COLOURS if x != c])
     return (f'Is there a {c} shape?', 'yes') if rng.random() < 0.5 else (f'Is there a {other} shape?', 'no')
 
-def task_shape_recog(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                    ) -> Sample:
-    "What shape is this? -> circle"
-    k, c = _single(rng, split)
-    return Sample(draw_single(rng, k, c), [shape_turn(rng, k, c, 'shape')], k, 'recognition', obj=f'{c} {k}')
+# %% ../../nbs/10_testbed_benchmark.ipynb #94f876ec
+@functools.lru_cache(None)
+def _digit_rows(split:str) -> tuple: # per digit 0..9: (m,) int64 rows of `digit_pool(split)` with that label
+    "The rows of each digit class in a split's pool."
+    labels = digit_pool(split)[1]
+    return tuple(np.flatnonzero(labels == d) for d in range(10))
 
-def task_colour_recog(rng:np.random.Generator, # the sample's random stream
-                      split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                     ) -> Sample:
-    "What colour is the shape? -> red"
-    k, c = _single(rng, split)
-    return Sample(draw_single(rng, k, c), [shape_turn(rng, k, c, 'colour')], 'colour', 'recognition', obj=f'{c} {k}')
+def digit_image(rng:np.random.Generator, # the sample's random stream
+                f:dict, # the digit: {'digit': 0..9}
+                split:str, # 'train' or 'eval': the pool of digits to draw from
+               ) -> np.ndarray: # (SIZE, SIZE, 3) uint8
+    "One of the split's images of the digit `f['digit']`."
+    rows = _digit_rows(split)[f['digit']]
+    return digit_pixels(digit_pool(split)[0][rows[int(rng.integers(len(rows)))]])
 
-def task_describe(rng:np.random.Generator, # the sample's random stream
-                  split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                 ) -> Sample:
-    "Describe the shape in two words. -> red circle"
-    k, c = _single(rng, split)
-    return Sample(draw_single(rng, k, c), [shape_turn(rng, k, c, 'describe')], k, 'description', obj=f'{c} {k}')
+def digit_turn(rng:np.random.Generator, # the sample's random stream
+               f:dict, # the digit shown: {'digit': 0..9}
+               ask:str, # 'digit', 'verify', 'sum' or 'choice'
+              ) -> tuple: # (question, answer)
+    "One question about a digit image and its answer."
+    y = f['digit']
+    if ask == 'digit': return _pick(rng, ('What digit is this?', 'Which number is shown?')), str(y)
+    if ask == 'choice': return 'Which digit is shown?', str(y)
+    if ask == 'verify':
+        k = _true_or_other(rng, y, range(10)); return f'Is this the digit {k}?', 'yes' if k == y else 'no'
+    k = int(rng.integers(1, 4))
+    return _pick(rng, (f'What is this digit plus {k}?', f'Add {k} to the digit.')), str(y + k)
 
+# %% ../../nbs/10_testbed_benchmark.ipynb #5141a9d1
+def photo_turn(rng:np.random.Generator, # the sample's random stream
+               f:dict, # the photo: {'photo': its answer}
+               ask:str, # 'photo', 'verify' or 'choice'
+              ) -> tuple: # (question, answer)
+    "One question about a photo and its answer."
+    y = f['photo']
+    if ask == 'photo': return _pick(rng, ('What is in the photo?', 'What does this photo show?')), y
+    if ask == 'choice': return 'What is in the photo?', y
+    k = _true_or_other(rng, y, PHOTOS)
+    return f'Does the photo show {k}?', 'yes' if k == y else 'no'
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #54b90ae6
+def draw_word(rng:np.random.Generator, # the sample's random stream
+              word:str, # a word of `WORDS`
+             ) -> tuple: # ((SIZE, SIZE, 3) uint8, colour name)
+    "`word` written near the centre (shifted by up to 2 pixels) in a random colour."
+    m = word_masks()[word]; colour = _colour(rng)
+    y, x = ((SIZE - d) // 2 + int(rng.integers(-2, 3)) for d in m.shape)
+    img = canvas(); img[y:y + m.shape[0], x:x + m.shape[1]][m] = COLOURS[colour]
+    return img, colour
+
+def word_image(rng:np.random.Generator, # the sample's random stream
+               f:dict, # the word: {'word': ...}; gets its colour, 'colour'
+               split:str, # 'train' or 'eval' (the same for words)
+              ) -> np.ndarray: # (SIZE, SIZE, 3) uint8
+    "`draw_word` of `f['word']`; the colour it drew goes into `f['colour']`."
+    img, f['colour'] = draw_word(rng, f['word'])
+    return img
+
+def word_turn(rng:np.random.Generator, # the sample's random stream
+              f:dict, # the word written and its colour: {'word': ..., 'colour': ...}
+              ask:str, # 'read', 'verify' or 'colour' (of the text)
+             ) -> tuple: # (question, answer)
+    "One question about a written word and its answer."
+    w = f['word']
+    if ask == 'read': return _pick(rng, ('What word is written?', 'Read the text in the image.')), w
+    if ask == 'colour': return 'What colour is the text?', f['colour']
+    k = _true_or_other(rng, w, WORDS)
+    return f'Does the image say {k}?', 'yes' if k == w else 'no'
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #30b6af97
+class Subject(NamedTuple):
+    "What the tasks of `TASK_TABLE` ask about: an object, picked, drawn and asked about with the sample's random stream."
+    pick:Callable # (rng, split) -> fields: a dict naming the object
+    draw:Callable # (rng, fields, split) -> (SIZE, SIZE, 3) uint8; may add fields (a word's colour)
+    turn:Callable # (rng, fields, ask) -> (question, answer); for 'choice' the bare question and the true option
+
+SUBJECTS = {
+    'shape': Subject(lambda rng, split: dict(zip(('kind', 'colour'), pick_tail(rng, SINGLES, split))),
+                     lambda rng, f, split: draw_single(rng, f['kind'], f['colour']), shape_turn),
+    'digit': Subject(lambda rng, split: {'digit': int(pick_tail(rng, DIGITS, split))}, digit_image, digit_turn),
+    'photo': Subject(lambda rng, split: {'photo': pick_tail(rng, tuple(PHOTOS), split)},
+                     lambda rng, f, split: photo_crop(rng, photo_pool()[f['photo']]), photo_turn),
+    'word': Subject(lambda rng, split: {'word': pick_tail(rng, WORDS, split)}, word_image, word_turn),
+}
+ASKS = {'shape': 'recognition', 'colour': 'recognition', 'digit': 'recognition', 'photo': 'recognition', 'read': 'reading',
+        'describe': 'description', 'verify': 'verification', 'sum': 'arithmetic', 'choice': 'multiple_choice'} # ask -> skill of its turn
+
+def draw_subject(rng:np.random.Generator, # the sample's random stream
+                 subject:str, # a subject of `SUBJECTS`
+                 split:str, # 'train' or 'eval': long-tailed or uniform objects, and the digit pool
+                ) -> tuple: # ((SIZE, SIZE, 3) uint8, fields)
+    "An object of `subject` and its image."
+    s = SUBJECTS[subject]; f = s.pick(rng, split)
+    return s.draw(rng, f, split), f
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #5dbeb26b
+class TableTask(NamedTuple):
+    "A task of `TASK_TABLE`: one question about an object of a subject, or two or three about the same object."
+    subject:str # a subject of `SUBJECTS`
+    asks:tuple # its one ask; or the asks that two or three turns are drawn from, in random order
+    concept:str # the sample's concept: a template filled with the object's fields
+    obj:str # the object it is about: a template filled with the object's fields
+    answers:tuple # the closed answer set (of the last turn); the options of a 'choice'
+    draw_last:bool=False # draw the image after the questions instead of before
+
+_DESCRIPTIONS = tuple(f'{c} {k}' for k, c in SINGLES)
+TASK_TABLE = { # name: (subject, asks, concept, object, answers[, draw_last])
+    'shape_recog': TableTask('shape', ('shape',), '{kind}', '{colour} {kind}', SHAPES),
+    'colour_recog': TableTask('shape', ('colour',), 'colour', '{colour} {kind}', tuple(COLOURS)),
+    'describe': TableTask('shape', ('describe',), '{kind}', '{colour} {kind}', _DESCRIPTIONS),
+    'exists': TableTask('shape', ('verify',), 'colour', '{colour} {kind}', YES_NO),
+    'colour_choice': TableTask('shape', ('choice',), 'colour', '{colour} {kind}', tuple(COLOURS)),
+    'shape_multi': TableTask('shape', ('shape', 'colour', 'describe', 'verify'), '{kind}', '{colour} {kind}',
+                             SHAPES + tuple(COLOURS) + _DESCRIPTIONS + YES_NO, draw_last=True),
+    'digit_recog': TableTask('digit', ('digit',), 'digit', 'digit {digit}', DIGITS),
+    'digit_verify': TableTask('digit', ('verify',), 'digit', 'digit {digit}', YES_NO),
+    'digit_sum': TableTask('digit', ('sum',), 'digit', 'digit {digit}', PLUS),
+    'digit_choice': TableTask('digit', ('choice',), 'digit', 'digit {digit}', DIGITS),
+    'digit_multi': TableTask('digit', ('digit', 'verify', 'sum'), 'digit', 'digit {digit}', DIGITS + PLUS + YES_NO),
+    'photo_recog': TableTask('photo', ('photo',), 'photo', 'photo {photo}', tuple(PHOTOS)),
+    'photo_verify': TableTask('photo', ('verify',), 'photo', 'photo {photo}', YES_NO),
+    'photo_choice': TableTask('photo', ('choice',), 'photo', 'photo {photo}', tuple(PHOTOS)),
+    'photo_multi': TableTask('photo', ('photo', 'verify'), 'photo', 'photo {photo}', tuple(PHOTOS) + YES_NO),
+    'read': TableTask('word', ('read',), 'word', 'word {word}', WORDS),
+    'text_colour': TableTask('word', ('colour',), 'colour', '{colour} text', tuple(COLOURS)),
+    'word_verify': TableTask('word', ('verify',), 'word', 'word {word}', YES_NO),
+    'word_multi': TableTask('word', ('read', 'verify', 'colour'), 'word', 'word {word}', WORDS + tuple(COLOURS) + YES_NO),
+}
+
+def _options(rng, truth, answers) -> list:
+    "`truth` and three other `answers`, in random order."
+    opts = [truth] + [str(o) for o in rng.choice([o for o in answers if o != truth], 3, replace=False)]
+    return [opts[i] for i in rng.permutation(4)]
+
+def table_sample(rng:np.random.Generator, # the sample's random stream
+                 split:str, # 'train' or 'eval': long-tailed or uniform objects, and the digit pool
+                 task:str, # a task of `TASK_TABLE`
+                ) -> Sample:
+    "One sample of a task of `TASK_TABLE`: an object of its subject, its image and a turn for each ask."
+    t = TASK_TABLE[task]; s = SUBJECTS[t.subject]; multi = len(t.asks) > 1
+    f = s.pick(rng, split)
+    img = None if t.draw_last else s.draw(rng, f, split)
+    asks = [t.asks[i] for i in rng.permutation(len(t.asks))[:int(rng.integers(2, min(3, len(t.asks)) + 1))]] if multi else list(t.asks)
+    turns, choices = [s.turn(rng, f, a) for a in asks], None
+    if asks == ['choice']:
+        (q, truth), = turns; choices = _options(rng, truth, t.answers)
+        turns = [(f"{q} Options: {', '.join(choices)}. Answer with one of the options.", truth)]
+    if t.draw_last: img = s.draw(rng, f, split)
+    skills = [ASKS[a] for a in asks]
+    return Sample(img, turns, t.concept.format(**f), skills[0], choices, t.obj.format(**f), skills if multi else None)
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #a118545c
 def task_dialog(rng:np.random.Generator, # the sample's random stream
-                split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
+                split:str, # 'train' or 'eval': long-tailed or uniform shapes
                ) -> Sample:
     "Two turns: What shape is this? -> square; What colour is it? -> green"
-    k, c = _single(rng, split)
-    return Sample(draw_single(rng, k, c), [('What shape is this?', k), ('What colour is it?', c)], k, 'description', obj=f'{c} {k}')
+    img, f = draw_subject(rng, 'shape', split)
+    return Sample(img, [('What shape is this?', f['kind']), ('What colour is it?', f['colour'])], f['kind'], 'description',
+                  obj='{colour} {kind}'.format(**f))
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #060b6035
 def _count(rng, kind):
@@ -304,157 +434,6 @@ def task_spatial(rng:np.random.Generator, # the sample's random stream
     cols = _two_colours(rng); img, rel = draw_two(rng, cols)
     return Sample(img, [(f'Where is the {cols[0]} shape relative to the {cols[1]} shape?', rel)], 'colour', 'spatial', obj=f'{cols[0]} and {cols[1]}')
 
-def task_exists(rng:np.random.Generator, # the sample's random stream
-                split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-               ) -> Sample:
-    "Is there a red shape? -> yes (one large shape)"
-    k, c = _single(rng, split)
-    return Sample(draw_single(rng, k, c), [shape_turn(rng, k, c, 'exists')], 'colour', 'verification', obj=f'{c} {k}')
-
-# %% ../../nbs/10_testbed_benchmark.ipynb #94f876ec
-@functools.lru_cache(None)
-def _digit_rows(split:str) -> tuple: # per digit 0..9: (m,) int64 rows of `digit_pool(split)` with that label
-    "The rows of each digit class in a split's pool."
-    labels = digit_pool(split)[1]
-    return tuple(np.flatnonzero(labels == d) for d in range(10))
-
-def _digit(rng, split):
-    "A digit image of the split and its label: the class long-tailed in training (`pick_tail`), then one of its images."
-    y = int(pick_tail(rng, DIGITS, split)); rows = _digit_rows(split)[y]
-    return digit_pixels(digit_pool(split)[0][rows[int(rng.integers(len(rows)))]]), y
-
-def digit_turn(rng:np.random.Generator, # the sample's random stream
-               y:int, # the digit shown
-               skill:str, # 'recognition', 'verification' or 'arithmetic'
-              ) -> tuple: # (question, answer)
-    "One question about a digit image and its answer."
-    if skill == 'recognition': return _pick(rng, ('What digit is this?', 'Which number is shown?')), str(y)
-    if skill == 'verification':
-        k = y if rng.random() < 0.5 else int(_pick(rng, [d for d in range(10) if d != y]))
-        return f'Is this the digit {k}?', 'yes' if k == y else 'no'
-    k = int(rng.integers(1, 4))
-    return _pick(rng, (f'What is this digit plus {k}?', f'Add {k} to the digit.')), str(y + k)
-
-def task_digit_recog(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                    ) -> Sample:
-    "What digit is this? -> 7"
-    img, y = _digit(rng, split)
-    return Sample(img, [digit_turn(rng, y, 'recognition')], 'digit', 'recognition', obj=f'digit {y}')
-
-def task_digit_verify(rng:np.random.Generator, # the sample's random stream
-                      split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                     ) -> Sample:
-    "Is this the digit 3? -> no"
-    img, y = _digit(rng, split)
-    return Sample(img, [digit_turn(rng, y, 'verification')], 'digit', 'verification', obj=f'digit {y}')
-
-def task_digit_sum(rng:np.random.Generator, # the sample's random stream
-                   split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                  ) -> Sample:
-    "What is this digit plus 2? -> 9 (k = 1..3)"
-    img, y = _digit(rng, split)
-    return Sample(img, [digit_turn(rng, y, 'arithmetic')], 'digit', 'arithmetic', obj=f'digit {y}')
-
-# %% ../../nbs/10_testbed_benchmark.ipynb #41f53ad2
-def _choice(rng, truth, options, question, concept, img, obj):
-    "A multiple-choice sample: `truth` and three other `options` in random order, answered with the option itself."
-    opts = [truth] + [str(o) for o in rng.choice([o for o in options if o != truth], 3, replace=False)]
-    opts = [opts[i] for i in rng.permutation(4)]
-    return Sample(img, [(f"{question} Options: {', '.join(opts)}. Answer with one of the options.", truth)], concept, 'multiple_choice', opts, obj)
-
-def task_colour_choice(rng:np.random.Generator, # the sample's random stream
-                       split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                      ) -> Sample:
-    "What colour is the shape? Options: red, blue, white, green. ... -> blue"
-    k, c = _single(rng, split)
-    return _choice(rng, c, tuple(COLOURS), 'What colour is the shape?', 'colour', draw_single(rng, k, c), f'{c} {k}')
-
-def task_digit_choice(rng:np.random.Generator, # the sample's random stream
-                      split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                     ) -> Sample:
-    "Which digit is shown? Options: 3, 7, 1, 9. ... -> 7 (never asked in training)"
-    img, y = _digit(rng, split)
-    return _choice(rng, str(y), DIGITS, 'Which digit is shown?', 'digit', img, f'digit {y}')
-
-# %% ../../nbs/10_testbed_benchmark.ipynb #5141a9d1
-def _photo(rng, split):
-    "A random photo crop and its answer, the photo long-tailed in training."
-    name = pick_tail(rng, tuple(PHOTOS), split)
-    return photo_crop(rng, photo_pool()[name]), name
-
-def photo_turn(rng:np.random.Generator, # the sample's random stream
-               y:str, # the photo's answer
-               skill:str, # 'recognition' or 'verification'
-              ) -> tuple: # (question, answer)
-    "One question about a photo and its answer."
-    if skill == 'recognition': return _pick(rng, ('What is in the photo?', 'What does this photo show?')), y
-    k = y if rng.random() < 0.5 else _pick(rng, [p for p in PHOTOS if p != y])
-    return f'Does the photo show {k}?', 'yes' if k == y else 'no'
-
-def task_photo_recog(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                    ) -> Sample:
-    "What is in the photo? -> cat"
-    img, y = _photo(rng, split)
-    return Sample(img, [photo_turn(rng, y, 'recognition')], 'photo', 'recognition', obj=f'photo {y}')
-
-def task_photo_verify(rng:np.random.Generator, # the sample's random stream
-                      split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                     ) -> Sample:
-    "Does the photo show a horse? -> no"
-    img, y = _photo(rng, split)
-    return Sample(img, [photo_turn(rng, y, 'verification')], 'photo', 'verification', obj=f'photo {y}')
-
-def task_photo_choice(rng:np.random.Generator, # the sample's random stream
-                      split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                     ) -> Sample:
-    "What is in the photo? Options: moon, cat, coins, brick. ... -> cat"
-    img, y = _photo(rng, split)
-    return _choice(rng, y, tuple(PHOTOS), 'What is in the photo?', 'photo', img, f'photo {y}')
-
-# %% ../../nbs/10_testbed_benchmark.ipynb #54b90ae6
-def draw_word(rng:np.random.Generator, # the sample's random stream
-              word:str, # a word of `WORDS`
-             ) -> tuple: # ((SIZE, SIZE, 3) uint8, colour name)
-    "`word` written near the centre (shifted by up to 2 pixels) in a random colour."
-    m = word_masks()[word]; colour = _colour(rng)
-    y, x = ((SIZE - d) // 2 + int(rng.integers(-2, 3)) for d in m.shape)
-    img = canvas(); img[y:y + m.shape[0], x:x + m.shape[1]][m] = COLOURS[colour]
-    return img, colour
-
-def word_turn(rng:np.random.Generator, # the sample's random stream
-              w:str, # the word written
-              c:str, # its colour
-              skill:str, # 'reading', 'verification' or 'recognition' (of the text's colour)
-             ) -> tuple: # (question, answer)
-    "One question about a written word and its answer."
-    if skill == 'reading': return _pick(rng, ('What word is written?', 'Read the text in the image.')), w
-    if skill == 'recognition': return 'What colour is the text?', c
-    k = w if rng.random() < 0.5 else _pick(rng, [v for v in WORDS if v != w])
-    return f'Does the image say {k}?', 'yes' if k == w else 'no'
-
-def task_read(rng:np.random.Generator, # the sample's random stream
-              split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-             ) -> Sample:
-    "What word is written? -> milk"
-    w = pick_tail(rng, WORDS, split); img, c = draw_word(rng, w)
-    return Sample(img, [word_turn(rng, w, c, 'reading')], 'word', 'reading', obj=f'word {w}')
-
-def task_text_colour(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                    ) -> Sample:
-    "What colour is the text? -> blue"
-    img, c = draw_word(rng, pick_tail(rng, WORDS, split))
-    return Sample(img, [word_turn(rng, '', c, 'recognition')], 'colour', 'recognition', obj=f'{c} text')
-
-def task_word_verify(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
-                    ) -> Sample:
-    "Does the image say milk? -> yes (rare in training)"
-    w = pick_tail(rng, WORDS, split); img, c = draw_word(rng, w)
-    return Sample(img, [word_turn(rng, w, c, 'verification')], 'word', 'verification', obj=f'word {w}')
-
 # %% ../../nbs/10_testbed_benchmark.ipynb #02cdb8ad
 OPPOSITES = {'up': 'down', 'big': 'small', 'hot': 'cold', 'left': 'right', 'day': 'night', 'open': 'closed', 'yes': 'no'}
 THINGS = {'grass': 'green', 'the sky': 'blue', 'snow': 'white', 'a banana': 'yellow', 'blood': 'red', 'a grape': 'purple'}
@@ -475,67 +454,23 @@ def task_text_qa(rng:np.random.Generator, # the sample's random stream
     t = _pick(rng, tuple(THINGS))
     return Sample(None, [(f'What colour is {t}?', THINGS[t])], 'world', 'instruction', obj='text world')
 
-# %% ../../nbs/10_testbed_benchmark.ipynb #125d0fd8
-def _several(rng, skills:tuple, turn) -> tuple:
-    "Two or three of `skills` in random order and their turns from `turn(skill)`."
-    picked = [skills[i] for i in rng.permutation(len(skills))[:int(rng.integers(2, min(3, len(skills)) + 1))]]
-    return [turn(s) for s in picked], picked
-
-def task_digit_multi(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval': the pool of digits to draw from
-                    ) -> Sample:
-    "What digit is this? -> 4; Is this the digit 2? -> no; ..."
-    img, y = _digit(rng, split)
-    turns, skills = _several(rng, ('recognition', 'verification', 'arithmetic'), lambda s: digit_turn(rng, y, s))
-    return Sample(img, turns, 'digit', skills[0], obj=f'digit {y}', turn_skills=skills)
-
-def task_photo_multi(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval'
-                    ) -> Sample:
-    "What is in the photo? -> cat; Does the photo show moon? -> no"
-    img, y = _photo(rng, split)
-    turns, skills = _several(rng, ('recognition', 'verification'), lambda s: photo_turn(rng, y, s))
-    return Sample(img, turns, 'photo', skills[0], obj=f'photo {y}', turn_skills=skills)
-
-def task_word_multi(rng:np.random.Generator, # the sample's random stream
-                    split:str, # 'train' or 'eval'
-                   ) -> Sample:
-    "What word is written? -> milk; What colour is the text? -> red; ..."
-    w = pick_tail(rng, WORDS, split); img, c = draw_word(rng, w)
-    turns, skills = _several(rng, ('reading', 'verification', 'recognition'), lambda s: word_turn(rng, w, c, s))
-    return Sample(img, turns, 'word', skills[0], obj=f'word {w}', turn_skills=skills)
-
-_SHAPE_ASKS = {'shape': 'recognition', 'colour': 'recognition', 'describe': 'description', 'exists': 'verification'}
-
-def task_shape_multi(rng:np.random.Generator, # the sample's random stream
-                     split:str, # 'train' or 'eval'
-                    ) -> Sample:
-    "What shape is this? -> circle; Is there a red shape? -> yes; ..."
-    k, c = _single(rng, split)
-    turns, asks = _several(rng, tuple(_SHAPE_ASKS), lambda a: shape_turn(rng, k, c, a))
-    skills = [_SHAPE_ASKS[a] for a in asks]
-    return Sample(draw_single(rng, k, c), turns, k, skills[0], obj=f'{c} {k}', turn_skills=skills)
-
 # %% ../../nbs/10_testbed_benchmark.ipynb #48d4c99d
 def two_caption(img:np.ndarray, # (SIZE, SIZE, 3) uint8 with two shapes
                ) -> str: # 'red circle and blue square'
     "Colour and kind of each shape in scan order (top to bottom, then left to right), read from the pixels."
     return ' and '.join(f'{colour_of(img, b)} {kind_of(b)}' for b in blobs(img))
 
+_CAPTIONS = (('shape', '{kind}', '{colour} {kind}'), ('digit', 'digit', 'digit {digit}'), ('photo', 'photo', 'photo of {photo}'),
+             ('word', 'word', 'word {word}')) # (subject, concept, caption) of the first four kinds of caption
+
 def task_caption(rng:np.random.Generator, # the sample's random stream
-                 split:str, # 'train' or 'eval': the pool of digits to draw from (only digits differ)
+                 split:str, # 'train' or 'eval': long-tailed or uniform objects, and the digit pool
                 ) -> Sample:
     "Describe the image. -> red circle | digit 7 | photo of cat | word milk | 3 squares | red circle and blue square"
     kind, q = int(rng.integers(6)), _pick(rng, ('Describe the image.', 'What is in this image?', 'Give a short caption.'))
-    if kind == 0:
-        k, c = _single(rng, split)
-        return Sample(draw_single(rng, k, c), [(q, f'{c} {k}')], k, 'caption')
-    if kind == 1:
-        img, y = _digit(rng, split); return Sample(img, [(q, f'digit {y}')], 'digit', 'caption')
-    if kind == 2:
-        img, y = _photo(rng, split); return Sample(img, [(q, f'photo of {y}')], 'photo', 'caption')
-    if kind == 3:
-        w = pick_tail(rng, WORDS, split); img, _ = draw_word(rng, w); return Sample(img, [(q, f'word {w}')], 'word', 'caption')
+    if kind < 4:
+        subject, concept, caption = _CAPTIONS[kind]; img, f = draw_subject(rng, subject, split)
+        return Sample(img, [(q, caption.format(**f))], concept.format(**f), 'caption')
     if kind == 4:
         k, n = _pick(rng, SHAPES), int(rng.integers(2, 6))
         return Sample(draw_scene(rng, [(k, _colour(rng)) for _ in range(n)]), [(q, f'{n} {k}s')], k, 'caption')
@@ -543,18 +478,10 @@ def task_caption(rng:np.random.Generator, # the sample's random stream
     return Sample(img, [(q, two_caption(img))], 'colour', 'caption')
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #397fd2e2
-TASKS = {
-    'shape_recog': (task_shape_recog, SHAPES), 'colour_recog': (task_colour_recog, tuple(COLOURS)),
-    'describe': (task_describe, tuple(f'{c} {k}' for c in COLOURS for k in SHAPES)), 'dialog': (task_dialog, tuple(COLOURS)),
-    'count': (task_count, COUNTS), 'count_triangle': (task_count_triangle, COUNTS), 'spatial': (task_spatial, RELATIONS),
-    'exists': (task_exists, YES_NO), 'digit_recog': (task_digit_recog, DIGITS), 'digit_verify': (task_digit_verify, YES_NO),
-    'digit_sum': (task_digit_sum, PLUS), 'digit_choice': (task_digit_choice, DIGITS), 'colour_choice': (task_colour_choice, tuple(COLOURS)), 'photo_recog': (task_photo_recog, tuple(PHOTOS)),
-    'photo_verify': (task_photo_verify, YES_NO), 'photo_choice': (task_photo_choice, tuple(PHOTOS)), 'read': (task_read, WORDS),
-    'text_colour': (task_text_colour, tuple(COLOURS)), 'word_verify': (task_word_verify, YES_NO),
+TASKS = {name: (functools.partial(table_sample, task=name), t.answers) for name, t in TASK_TABLE.items()} | {
+    'dialog': (task_dialog, tuple(COLOURS)), 'count': (task_count, COUNTS), 'count_triangle': (task_count_triangle, COUNTS),
+    'spatial': (task_spatial, RELATIONS),
     'text_qa': (task_text_qa, tuple(dict.fromkeys(SUMS + tuple(OPPOSITES) + tuple(OPPOSITES.values()) + tuple(COLOURS)))),
-    'digit_multi': (task_digit_multi, DIGITS + PLUS + YES_NO), 'photo_multi': (task_photo_multi, tuple(PHOTOS) + YES_NO),
-    'word_multi': (task_word_multi, WORDS + tuple(COLOURS) + YES_NO),
-    'shape_multi': (task_shape_multi, SHAPES + tuple(COLOURS) + tuple(f'{c} {k}' for c in COLOURS for k in SHAPES) + YES_NO),
     'caption': (task_caption, ()),
 }
 

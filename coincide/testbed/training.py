@@ -351,7 +351,7 @@ def stage1(setup:BenchmarkSetup, # from `setup_benchmark`
     "A fresh model of size `preset`, its vision tower pretrained (stage 0) and aligned on the captions (with text, if `text`); saved to `out_dir` if given."
     model = build_tiny_llava(preset, setup.processor.tokenizer, seed).to(pick_device(device))
     if vision is not None: pretrain_vision(model, setup.captions, vision, seed)
-    if text and setup.pretrain is None: raise CoincideError(f"{setup.bench_dir}: no pretrain.json (a benchmark before version 7): regenerate it")
+    if text and setup.pretrain is None: raise CoincideError(f"{setup.bench_dir}: no pretrain.json, which the target's pretraining reads: regenerate the benchmark with `coincide benchmark`")
     data = concat_encoded(setup.captions, setup.pretrain) if text else setup.captions
     train_vlm(model, data, None, cfg, seed, setup.processor.tokenizer.pad_token_id, desc=f'stage 1 ({preset})')
     if out_dir is not None: save_vlm(model, setup.processor, out_dir)
