@@ -1,8 +1,8 @@
 """The bad-input suite: every case drives the CLI as a user would and must exit non-zero with a
 message that names the file, record or parameter, and never show a traceback.
 
-`python tests/test_bad_inputs.py` prints the table of cases (input, message) that README.md
-carries; `test_readme_has_the_table` keeps the two in step.
+`python tests/test_bad_inputs.py` prints the table of cases (input, message) that nbs/08_cli.ipynb
+carries; `test_cli_notebook_has_the_table` keeps the two in step.
 """
 import json, sys
 from pathlib import Path
@@ -134,7 +134,7 @@ def test_bad_input(cli, tmp_path, label, case, fragment):
 
 
 def table() -> str:
-    """The README's table of bad inputs: input, command, and the message a user sees (temporary paths shortened)."""
+    """The table of bad inputs in nbs/08_cli.ipynb: input, command, and the message a user sees (temporary paths shortened)."""
     import tempfile
     from conftest import run_cli
     rows = ['| bad input | command | what coincide says |', '|---|---|---|']
@@ -149,12 +149,13 @@ def table() -> str:
     return '\n'.join(rows)
 
 
-def test_readme_has_the_table():
-    readme = (ROOT/'README.md').read_text()
+def test_cli_notebook_has_the_table():
+    nb = json.loads((ROOT/'nbs'/'08_cli.ipynb').read_text())
+    text = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
     for label, _, fragment in CASES:
-        row = next((l for l in readme.splitlines() if l.startswith(f'| {label} |')), None)
+        row = next((l for l in text.splitlines() if l.startswith(f'| {label} |')), None)
         assert row is not None and fragment.replace('|', '/') in row, \
-            f'README.md lacks the row for {label!r}: paste the output of `python tests/test_bad_inputs.py`'
+            f'nbs/08_cli.ipynb lacks the row for {label!r}: paste the output of `python tests/test_bad_inputs.py`'
 
 
 if __name__ == '__main__':
