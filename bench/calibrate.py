@@ -40,7 +40,7 @@ def design_hash(cfg:DemoConfig, bench_params:dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n-train', type=int, default=DemoConfig().n_train)
-    p.add_argument('--n-pretrain', type=int, default=DemoConfig().n_pretrain, help="grounded records the target is pretrained on (benchmark version 8)")
+    p.add_argument('--n-pretrain', type=int, default=DemoConfig().n_pretrain, help="grounded records the target is pretrained on")
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--first-seed', type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (fresh seeds for a confirmation)")
     p.add_argument('--fractions', type=float, nargs='+', default=FRACTIONS)

@@ -34,7 +34,7 @@ class DemoConfig:
     n_train:int=5_000 # training records of the benchmark
     n_eval:int=200 # records per evaluation suite
     n_captions:int=2_000 # caption records for stage-1 alignment
-    n_pretrain:int|None=20_000 # grounded records for pretraining the target (None: n_train); attempt 10's design, accepted with a deviation (nbs/10_testbed_benchmark.ipynb, calibration)
+    n_pretrain:int|None=20_000 # grounded records for pretraining the target (None: n_train); fixed by the calibration (16_testbed_report)
     benchmark_seed:int=0 # seed of the benchmark generator
     seeds:int=3 # stage-2 trainings per method (data order; Random's draw); mean, spread and paired intervals are reported
     fraction:float=0.2 # the budget (the paper: 20 % of LLaVA-665K)

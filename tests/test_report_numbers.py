@@ -1,0 +1,128 @@
+"""The numbers `nbs/16_testbed_report.ipynb` cites are what the committed result files give.
+
+Each number is recomputed here from `bench/results/` (per-seed rows, not the summaries that quote them) with the
+functions the demo and the redraw scripts use, and compared with the report's stored output and with its text."""
+import json, math, shutil, sys
+from pathlib import Path
+import pandas as pd
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT/'bench'/'results'
+REPORT = ROOT/'nbs'/'16_testbed_report.ipynb'
+sys.path.insert(0, str(ROOT/'bench'))
+import redraw_power, redraw_target
+from coincide.testbed.benchmark import SUITES, suite_info
+from coincide.testbed.demo import paired_difference, relative_per_seed, scored_suites
+
+
+def pooled(a:pd.DataFrame) -> pd.Series:
+    "One calibration attempt's rows against its full-data model pooled over seeds, on the suites it scores."
+    names = list(SUITES)
+    sc = scored_suites(a, {s: suite_info(s)['chance'] for s in names}, dict.fromkeys(names, int(a.n_eval.iloc[0])))
+    return a.assign(p=relative_per_seed(a, sc.index[sc.scored].tolist())).set_index(['method', 'seed']).p
+
+
+def mean_ci(v:pd.Series) -> list:
+    "Mean and its 95 % t-interval."
+    m = float(v.mean()); h = stats.t.ppf(0.975, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return [m, m - h, m + h]
+
+
+def cited_from(results:Path) -> dict:
+    "Every number the report cites, recomputed from the per-seed and per-unit files under `results`."
+    power_rows, scored = redraw_power.read_power(results/'power')
+    rel = power_rows.assign(relative=relative_per_seed(power_rows, scored)).pivot(index='seed', columns='method', values='relative')
+    vs_random = {m: list(paired_difference(rel[m], rel.random)) for m in ('coincide', 'semdedup', 'self-sup')}
+    _, ref = redraw_power.summary(pd.read_csv(results/'redraw_power.csv').drop(columns=['shared_with_reference0']), power_rows, scored)
+    _, tgt = redraw_target.summary(pd.read_csv(results/'redraw_target.csv'), power_rows, scored, ref['sd_reference'])
+    cal = pd.read_csv(results/'calibration.csv')
+    a10, a14 = pooled(cal[cal.attempt == 10]), pooled(cal[cal.attempt == 14])
+    drows = pd.read_csv(results/'demo_default'/'results_per_seed.csv')
+    dsuites = pd.read_csv(results/'demo_default'/'suites.csv')
+    drel = drows.assign(relative=relative_per_seed(drows, dsuites.suite[dsuites.scored].tolist())).pivot(index='seed', columns='method', values='relative')
+    return {
+        'power_coincide_vs_random': vs_random['coincide'], 'power_semdedup_vs_random': vs_random['semdedup'],
+        'power_self-sup_vs_random': vs_random['self-sup'], 'power_random_relative': float(rel.random.mean()),
+        'power_paired_sd': float((rel.coincide - rel.random).std(ddof=1)),
+        'reference_redraw_D': [ref['D'][k] for k in ('mean', 'ci_low', 'ci_high')],
+        'reference_redraw_sd_D': [ref['D'][k] for k in ('sd', 'sd_ci_low', 'sd_ci_high')],
+        'sd_reference': ref['sd_reference'], 'prediction_36_seeds': ref['prediction_36_seeds'],
+        'target_redraw_D': [tgt['D'][k] for k in ('mean', 'ci_low', 'ci_high')],
+        'target_redraw_sd_D': [tgt['D'][k] for k in ('sd', 'sd_ci_low', 'sd_ci_high')],
+        'sd_target': tgt['sd_target'], 'sd_rerun_both_redrawn': tgt['sd_rerun_both_redrawn_36_seeds'],
+        'calibration_accepted_5': float(a10['random-0.05'].mean()), 'calibration_accepted_20': float(a10['random-0.2'].mean()),
+        'calibration_measured_5': mean_ci(a14['random-0.05']), 'calibration_measured_20': mean_ci(a14['random-0.2']),
+        'calibration_measured_gap': list(paired_difference(a14['random-0.2'], a14['random-0.05'])),
+        'default_random_relative': float(drel.random.mean()),
+        'default_coincide_vs_random': list(paired_difference(drel.coincide, drel.random)),
+    }
+
+
+def stored_cited() -> dict:
+    "The report's stored output of its cell that prints the cited numbers."
+    cells = json.loads(REPORT.read_text())['cells']
+    cell = next(c for c in cells if c['cell_type'] == 'code' and 'print(json.dumps(cited))' in ''.join(c['source']))
+    return json.loads(''.join(''.join(o['text']) for o in cell['outputs'] if o.get('name') == 'stdout'))
+
+
+def report_text() -> str:
+    "The report's prose: its markdown cells."
+    return '\n'.join(''.join(c['source']) for c in json.loads(REPORT.read_text())['cells'] if c['cell_type'] == 'markdown')
+
+
+def close(a, b, tol=1e-3) -> bool:
+    "Numbers, or lists of them, equal within `tol` (the report stores four decimals)."
+    return all(math.isclose(x, y, abs_tol=tol) for x, y in zip(a, b)) if isinstance(a, list) else math.isclose(a, b, abs_tol=tol)
+
+
+def ci(v:list) -> str: return f'{v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}]'
+
+
+@pytest.fixture(scope='module')
+def fresh(): return cited_from(RESULTS)
+
+
+def test_stored_output_is_what_the_csvs_give(fresh):
+    stored = stored_cited()
+    assert stored.keys() == fresh.keys()
+    assert all(close(stored[k], fresh[k]) for k in fresh), {k: (stored[k], fresh[k]) for k in fresh if not close(stored[k], fresh[k])}
+
+
+def test_committed_tables_agree_with_their_per_seed_rows(fresh):
+    power = pd.read_csv(RESULTS/'power.csv').set_index('method')
+    assert close(power.loc['coincide', ['diff_vs_random', 'diff_ci_low', 'diff_ci_high']].tolist(), fresh['power_coincide_vs_random'], 1e-4)
+    default = pd.read_csv(RESULTS/'demo_default'/'results.csv').set_index('method')
+    assert close(default.loc['coincide', ['diff_vs_random', 'diff_ci_low', 'diff_ci_high']].tolist(), fresh['default_coincide_vs_random'], 1e-4)
+    assert close(json.loads((RESULTS/'redraw_power.json').read_text())['sd_reference'], fresh['sd_reference'], 1e-6)
+
+
+def test_the_text_quotes_the_csvs(fresh):
+    f = fresh
+    quotes = [ci(f['power_coincide_vs_random']), ci(f['power_semdedup_vs_random']), ci(f['power_self-sup_vs_random']),
+              f"paired seed sd {f['power_paired_sd']:.2f}",
+              ci(f['reference_redraw_D']), ci(f['target_redraw_D']),
+              '{:.1f} [{:.1f}, {:.1f}]'.format(*f['reference_redraw_sd_D']), '{:.1f} [{:.1f}, {:.1f}]'.format(*f['target_redraw_sd_D']),
+              f"between-reference sd at\n{f['sd_reference']:.1f}", f"between-target sd of about {f['sd_target']:.1f}",
+              '[{:+.1f}, {:+.1f}]'.format(*f['prediction_36_seeds']), f"(sd {f['sd_rerun_both_redrawn']:.1f})",
+              f"Random 20 % was in the window ({f['calibration_accepted_20']:.1f})", f"({f['calibration_accepted_5']:.1f})",
+              'Random 5 % is {:.1f} [{:.1f}, {:.1f}]'.format(*f['calibration_measured_5']),
+              'Random 20 % is {:.1f} [{:.1f}, {:.1f}]'.format(*f['calibration_measured_20']), ci(f['calibration_measured_gap']),
+              f"Random 20 % is at {f['default_random_relative']:.1f} % of full data", ci(f['default_coincide_vs_random'])]
+    text = report_text()
+    assert [q for q in quotes if q not in text] == []
+
+
+def test_a_changed_result_file_is_caught(tmp_path, fresh):
+    "One COINCIDE accuracy of one powered seed changed by two points: the stored numbers no longer match."
+    shutil.copytree(RESULTS, tmp_path/'results')
+    f = tmp_path/'results'/'power'/'results_per_seed.csv'
+    rows = pd.read_csv(f)
+    i = rows.index[(rows.method == 'coincide') & (rows.seed == 0)][0]
+    rows.loc[i, 'photo_recog'] -= 0.02
+    rows.to_csv(f, index=False)
+    changed = cited_from(tmp_path/'results')
+    stored = stored_cited()
+    assert not close(changed['power_coincide_vs_random'], stored['power_coincide_vs_random'])
+    assert not close(changed['power_paired_sd'], stored['power_paired_sd'])
