@@ -29,8 +29,9 @@ run('baseline', 'random', out, '--fraction', 0.5, '--data', data, '--out', f'{ou
 run('verify', f'{out}/select', '--rederive')
 run('verify', f'{out}/random', '--rederive')
 blocked = sorted(m for m in sys.modules if m.split('.')[0] in {BLOCKED})
+testbed = sorted(m for m in sys.modules if m.startswith('coincide.testbed'))
 print('demo exit status', main(['demo', '--quick', '--out', f'{out}/demo']))
-print('imported', blocked)
+print('imported', blocked, testbed)
 '''
 
 
@@ -44,7 +45,7 @@ def test_method_runs_without_testbed_libraries(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'demo exit status 2' in res.stdout, res.stdout
     assert 'pip install "coincide[testbed]"' in res.stderr, res.stderr[-2000:]
-    assert 'imported []' in res.stdout, res.stdout
+    assert 'imported [] []' in res.stdout, res.stdout        # neither a blocked library nor any test-bed module was loaded
     n = len(json.loads(data.read_text()))
     for sel in ('select', 'random'):
         idx = np.load(tmp_path/'run'/sel/'indices.npy')
