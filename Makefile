@@ -11,14 +11,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup demo test test-slow check-sync nbtest pytest outputs readme clean
 
-## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with its test bed and dev tools
+## setup: create .venv, install torch==2.13.0 (unless a torch is importable there), then the package with its test bed and dev tools, at the versions of constraints.txt
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: settings.ini setup.py
+$(VENV)/.installed: settings.ini setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,testbed]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,testbed]"
 	touch $@
 
 ## demo: the CPU demo on the bundled benchmark generator: a miniature of the paper's Table 1 in demo_out/

@@ -88,10 +88,11 @@ def kmeans_clusters(emb:np.ndarray, # (n, d) embeddings (normalised here)
                     n_clusters:int, # K
                     seed:int=1234, # seeds k-means
                     niter:int=50, # k-means iterations
+                    backend:str='faiss', # 'faiss' (the paper's) or 'torch' (on the CPU; pinned by portable kernels)
                    ) -> np.ndarray: # (n, 2) float64: column 0 the cluster id, column 1 the cosine distance to its centroid
     "Spherical k-means of the embeddings: each record's cluster and its distance to the centroid (SemDeDup and Self-Sup share it)."
     x = l2_normalize(np.asarray(emb, dtype=np.float32))
-    cent, assign = spherical_kmeans(x, n_clusters, niter=niter, seed=seed)
+    cent, assign = spherical_kmeans(x, n_clusters, niter=niter, seed=seed, backend=backend, device='cpu' if backend == 'torch' else None)
     return np.stack([assign.astype(np.float64), 1 - np.einsum('nd,nd->n', x, cent[assign]).astype(np.float64)], 1)
 
 # %% ../nbs/06_baselines.ipynb #e3e283b6
@@ -313,17 +314,17 @@ def _random_baseline(run, k, n, seed, records=None, stratify=None, **_):
     return stratified_random(record_field(records, stratify), k, seed), {'stratify': stratify}, {}
 
 # %% ../nbs/06_baselines.ipynb #37d4078a
-def _kmeans_cached(run, n, seed, n_clusters=None, embedding='emb_last') -> tuple:
+def _kmeans_cached(run, n, seed, n_clusters=None, embedding='emb_last', kmeans_backend='faiss') -> tuple:
     "The embeddings and their k-means clusters, computed once per (embedding, K, seed) in RUN/scores/kmeans_<embedding>.npy."
     emb = load_scores(run, embedding, n); kc = n_clusters or math.ceil(n / 66)
-    p = {'embedding': embedding, 'n_clusters': kc, 'seed': seed, 'niter': 50, 'n': n}
-    cl = cached_scores(run, f'kmeans_{embedding}', p, lambda: kmeans_clusters(emb, kc, seed), {embedding: scores_path(run, embedding)})
+    p = {'embedding': embedding, 'n_clusters': kc, 'seed': seed, 'niter': 50, 'n': n, 'kmeans_backend': kmeans_backend}
+    cl = cached_scores(run, f'kmeans_{embedding}', p, lambda: kmeans_clusters(emb, kc, seed, backend=kmeans_backend), {embedding: scores_path(run, embedding)})
     return emb, cl, p
 
 # %% ../nbs/06_baselines.ipynb #cab45ecb
-def _semdedup_baseline(run, k, n, seed, n_clusters=None, **_):
+def _semdedup_baseline(run, k, n, seed, n_clusters=None, kmeans_backend='faiss', **_):
     "SemDeDup on the cached last-token embeddings and their cached clusters."
-    info = {}; emb, cl, p = _kmeans_cached(run, n, seed, n_clusters)
+    info = {}; emb, cl, p = _kmeans_cached(run, n, seed, n_clusters, kmeans_backend=kmeans_backend)
     idx = semdedup_select(emb, k, p['n_clusters'], seed=seed, info=info, clusters=cl)
     return idx, {**p, **info}, {'emb_last': scores_path(run, 'emb_last'), 'kmeans': scores_path(run, 'kmeans_emb_last')}
 
@@ -337,9 +338,9 @@ def _d2_baseline(run, k, n, keep, n_neighbors=5, gamma=0.4, device=None, **_):
                  'gamma': gamma, 'normalize': True}, {'margin': scores_path(run, 'margin'), 'emb_mean': scores_path(run, 'emb_mean')}
 
 # %% ../nbs/06_baselines.ipynb #59a451bf
-def _self_sup_baseline(run, k, n, seed, keep, n_clusters=None, embedding='emb_last', **_):
+def _self_sup_baseline(run, k, n, seed, keep, n_clusters=None, embedding='emb_last', kmeans_backend='faiss', **_):
     "Self-Sup: rank by the distance to the nearest prototype, from the cached clusters."
-    _, cl, p = _kmeans_cached(run, n, seed, n_clusters, embedding)
+    _, cl, p = _kmeans_cached(run, n, seed, n_clusters, embedding, kmeans_backend)
     return rank_keep(cl[:, 1], k, keep), {**p, 'score': 'distance to the nearest centroid'}, \
            {embedding: scores_path(run, embedding), 'kmeans': scores_path(run, f'kmeans_{embedding}')}
 
@@ -365,7 +366,7 @@ def select_baseline(name:str, # one of `BASELINES`
                     n:int, # the number of records
                     seed:int=0, # seeds random and k-means
                     keep:str|None=None, # bottom, middle or top of the ranking (None: the baseline's default)
-                    **opts, # records, stratify, n_clusters, n_neighbors, gamma, embedding
+                    **opts, # records, stratify, n_clusters, n_neighbors, gamma, embedding, kmeans_backend
                    ) -> tuple: # ((k,) int64 sorted indices, params dict, inputs dict name -> file)
     "Run baseline `name` on a run folder's cached scores for a budget of `k` of `n` records."
     if name not in BASELINES: raise CoincideError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}")

@@ -1,10 +1,13 @@
-"""Shared pytest set-up: offline hub, the `slow` marker, and a runner for the `coincide` CLI."""
+"""Shared pytest set-up: offline hub, portable kernels, the `slow` marker, and a runner for the `coincide` CLI."""
 import os, subprocess, sys
 from pathlib import Path
 import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+from coincide.testbed.portable import prepare_environment
+prepare_environment()   # the test bed's portable kernels (before anything imports torch), as `coincide demo` runs them
 
 
 def pytest_addoption(parser):

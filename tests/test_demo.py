@@ -115,19 +115,34 @@ def test_another_reference_seed_is_another_stage(monkeypatch, tmp_path):
     assert d.stage_key('reference', seen[0]) != d.stage_key('reference', seen[1])
 
 
-def test_demo_command_passes_reference_and_target_seeds_and_rejects_negative_ones(monkeypatch, tmp_path):
-    "`--reference-seed` and `--target-seed` reach the demo's config; unset, the preset's seeds stay; a negative seed is refused."
+def test_demo_command_passes_seeds_and_kernels_and_rejects_negative_seeds(monkeypatch, tmp_path):
+    "`--reference-seed`, `--target-seed` and `--native-kernels` reach the demo; unset, the preset's seeds and portable kernels stay; a negative seed is refused."
     import argparse
     import coincide.testbed.demo as d
     from coincide.core import CoincideError
     seen = []
-    def record(cfg, out, device=None, jobs=None):                          # the config run_demo would get, no training
-        seen.append(cfg); (tmp_path/'results.md').write_text('| table |')
+    def record(cfg, out, device=None, jobs=None, portable=True):            # the config run_demo would get, no training
+        seen.append((cfg, portable)); (tmp_path/'results.md').write_text('| table |')
     monkeypatch.setattr(d, 'run_demo', record)
     p = argparse.ArgumentParser(); d.demo_args(p)
     d.demo_main(p.parse_args(['--quick', '--out', str(tmp_path), '--reference-seed', '3', '--target-seed', '5']))
-    d.demo_main(p.parse_args(['--quick', '--out', str(tmp_path)]))
-    assert (seen[0].reference_seed, seen[0].target_seed, seen[0].n_train) == (3, 5, d.QUICK.n_train)
-    assert (seen[1].reference_seed, seen[1].target_seed) == (d.QUICK.reference_seed, d.QUICK.target_seed)
+    d.demo_main(p.parse_args(['--quick', '--out', str(tmp_path), '--native-kernels']))
+    (first, portable), (second, native) = seen
+    assert (first.reference_seed, first.target_seed, first.n_train, portable) == (3, 5, d.QUICK.n_train, True)
+    assert (second.reference_seed, second.target_seed, native) == (d.QUICK.reference_seed, d.QUICK.target_seed, False)
     with pytest.raises(CoincideError, match='--reference-seed must be 0 or more'):
         d.demo_main(p.parse_args(['--out', str(tmp_path), '--reference-seed', '-1']))
+
+
+def test_every_process_of_the_micro_demo_records_portable_kernels(micro):
+    "The parent and each target worker computed with ATen at AVX2, MKL_CBWR=AVX2 and oneDNN off, and the manifest says so."
+    from coincide.testbed.portable import cpu_has_avx2
+    if not cpu_has_avx2(): pytest.skip('this CPU has no AVX2: the demo runs natively')
+    out, _ = micro
+    man = json.loads((out/'manifest.json').read_text())
+    assert man['params']['kernels'] == 'portable' and man['testbed_versions']['torch']
+    parent, stages = man['kernels']['parent'], man['kernels']['stages']
+    for name, state in {'parent': parent, **stages}.items():
+        assert (state['mode'], state['aten_capability'], state['onednn'], state['mkl_cbwr']) == ('portable', 'AVX2', False, 'AVX2'), name
+    workers = {s['pid'] for name, s in stages.items() if name.startswith('target-') and name != 'target-pretrained'} - {parent['pid']}
+    assert len(workers) == 2

@@ -18,6 +18,7 @@ from ..core import CoincideError, load_npy, save_npy, save_json, l2_normalize
 from ..transferability import load_layout
 from .demo import (DemoConfig, Demo, cached_stage, cluster_stage, baseline_selection, benchmark_stage, reference_stage, coincide_stages, scores_stage,
                    target_init_stage, target_stage, relative_per_seed, scored_suites, paired_difference)
+from .portable import use_portable_kernels
 
 # %% ../../nbs/14_testbed_ablations.ipynb #21cc25f0
 def _subset_blocks(blocks:list, layers, modality) -> list:
@@ -60,9 +61,10 @@ FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6) # the data-ratio sweep
 # %% ../../nbs/14_testbed_ablations.ipynb #b23cfcf1
 def open_demo(cfg:DemoConfig, # the demo's settings (`DemoConfig()` shares the cache of `make demo`)
               out:str|Path, # the demo's output folder; its stage cache is OUT/cache
+              portable:bool=True, # portable kernels, as `coincide demo` (False: native, its `--native-kernels`)
              ) -> tuple: # (Demo, reference model folder, {seed: the pretrained target's folder, the same for every seed})
     "The demo's benchmark, reference model, pretrained target, COINCIDE run and baseline scores, from the cache or computed."
-    demo = Demo(cfg, Path(out)/'cache')
+    demo = Demo(cfg, Path(out)/'cache', kernels=use_portable_kernels('cpu', portable)['mode'])
     benchmark_stage(demo); ref = reference_stage(demo)
     init = target_init_stage(demo)
     coincide_stages(demo, ref); scores_stage(demo, ref, init)

@@ -24,6 +24,7 @@ from ..model_scores import encode_text, num_image_tokens, pixel_tensor, pad_batc
 from .models import train_tokenizer, record_texts, build_processor, build_tiny_llava, save_vlm, load_vlm
 from .benchmark import load_benchmark, load_pretrain, benchmark_meta
 from .scoring import is_correct
+from .portable import use_portable_kernels, testbed_versions
 
 # %% ../../nbs/12_testbed_training.ipynb #44fd440b
 @dataclass
@@ -392,6 +393,7 @@ def train_args(p, # an argparse.ArgumentParser, filled in place
     p.add_argument('--epochs', type=float, default=STAGE2.epochs, help='stage-2 epochs')
     p.add_argument('--lora', action='store_true', help='stage 2 with LoRA instead of all weights')
     p.add_argument('--seed', type=int, default=0, help='seed of stage 2 (data order, LoRA initialisation)')
+    p.add_argument('--native-kernels', action='store_true', help="the CPU's own fastest kernels instead of portable ones (the bytes then depend on the CPU)")
     p.add_argument('--device', default=None, help='cpu, cuda, ... for training and evaluation (default: cuda if available)')
 
 # %% ../../nbs/12_testbed_training.ipynb #70979929
@@ -399,6 +401,7 @@ def train_main(args, # parsed by a parser that `train_args` set up
               ) -> int: # exit status, 0
     "Run `coincide train`: the pretrained target (cached), stage 2 on the selection, evaluation; write model, eval.csv, manifest."
     started, out, dev = now_iso(), Path(args.out), pick_device(args.device)
+    kernels = use_portable_kernels(dev.type, not args.native_kernels)
     setup = setup_benchmark(args.bench)
     idx = None if args.indices is None else check_indices(load_npy(args.indices, mmap=False), len(setup.train))
     init = Path(args.init) if args.init else out.parent/f"pretrained-{args.preset}{'' if dev.type == 'cpu' else '-' + dev.type}"
@@ -411,8 +414,8 @@ def train_main(args, # parsed by a parser that `train_args` set up
     save_vlm(model, setup.processor, out)
     tab.to_csv(out/'eval.csv')
     write_manifest(out/'train.manifest.json', 'train', {'stage2': asdict(cfg), 'preset': args.preset, 'init': str(init), 'device': dev.type,
-                   'n_selected': len(setup.train) if idx is None else len(idx)}, {'indices': args.indices} if args.indices else {},
+                   'n_selected': len(setup.train) if idx is None else len(idx), 'kernels': kernels['mode']}, {'indices': args.indices} if args.indices else {},
                    seed=args.seed, started=started, outputs={'eval': out/'eval.csv', 'model': out/'model.safetensors'},
-                   mean_accuracy=float(tab.accuracy.mean()))
+                   mean_accuracy=float(tab.accuracy.mean()), kernels=kernels, testbed_versions=testbed_versions())
     print(tab.round(3).to_string()); print(f'mean accuracy {tab.accuracy.mean():.3f}')
     return 0
