@@ -177,13 +177,14 @@ def _knn_torch(x:np.ndarray, k:int, chunk:int, device) -> tuple:
 def knn_graph(emb:np.ndarray, # (n, d) float32
               k:int=5, # neighbours per node
               chunk:int=4096, # query rows per block
-              device=None, # None or 'cpu': exact faiss on the CPU; 'cuda': blocked torch products on the GPU
+              device=None, # None or 'cpu': on the CPU; 'cuda': blocked torch products on the GPU
+              backend:str='faiss', # on the CPU: 'faiss' (exact IndexFlatL2) or 'torch' (blocked products; pinned by portable kernels)
              ) -> tuple: # (n, k) int64 neighbour ids, (n, k) float32 Euclidean distances
     "Exact k-nearest-neighbour graph (self excluded), O(n k) memory and O(n^2 d) flops."
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if len(x) <= k: raise CoincideError(f"a {k}-nearest-neighbour graph needs more than {k} records, found {len(x)}")
     dev = torch.device('cpu') if device is None else pick_device(device)
-    d2, ids = _knn_faiss(x, k, chunk) if dev.type == 'cpu' else _knn_torch(x, k, chunk, dev)   # (n, k+1) each
+    d2, ids = _knn_faiss(x, k, chunk) if dev.type == 'cpu' and backend == 'faiss' else _knn_torch(x, k, chunk, dev)   # (n, k+1) each
     own = ids == np.arange(len(x))[:, None]
     keep = np.where(own.any(1, keepdims=True), ~own, np.arange(k + 1) < k)           # drop self, else the farthest
     return ids[keep].reshape(-1, k).astype(np.int64), np.sqrt(np.maximum(d2[keep], 0)).reshape(-1, k).astype(np.float32)
@@ -225,10 +226,11 @@ def d2_pruning(emb:np.ndarray, # (n, d) mean last-layer hidden states
                gamma:float=0.4, # reverse message passing weight
                normalize:bool=True, # L2-normalise the embeddings before the graph
                device=None, # where the kNN graph is built (see `knn_graph`)
+               knn_backend:str='faiss', # the CPU kNN graph's backend (see `knn_graph`)
               ) -> np.ndarray: # (k,) int64 sorted
     "D2-Pruning: forward message passing on a kNN graph, then greedy pick with reverse message passing."
     x = l2_normalize(np.asarray(emb, dtype=np.float32)) if normalize else np.asarray(emb, dtype=np.float32)
-    nbr, dist = knn_graph(x, n_neighbors, device=device)
+    nbr, dist = knn_graph(x, n_neighbors, device=device, backend=knn_backend)
     s = np.asarray(node_scores, dtype=np.float64)
     s = s + (np.exp(-dist) * s[nbr]).sum(1)                                   # forward message passing
     return np.sort(greedy_reverse(s, nbr, dist, k, gamma))
@@ -268,12 +270,13 @@ def self_filter_select(difficulty:np.ndarray, # (n,) difficulty, higher = harder
                        n_neighbors:int=10, # neighbours a pick penalises
                        gamma:float=1.0, # penalty per unit of cosine
                        device=None, # where the kNN graph is built (see `knn_graph`)
+                       knn_backend:str='faiss', # the CPU kNN graph's backend (see `knn_graph`)
                       ) -> np.ndarray: # (k,) int64 sorted
     "Self-Filter stage 2: greedy pick of the hardest with a cosine penalty on its neighbours."
     d = np.asarray(difficulty, dtype=np.float64)
     d = (d - d.mean()) / max(d.std(), 1e-12)
     x = l2_normalize(np.asarray(features, dtype=np.float32))
-    nbr, dist = knn_graph(x, min(n_neighbors, len(x) - 1), device=device)
+    nbr, dist = knn_graph(x, min(n_neighbors, len(x) - 1), device=device, backend=knn_backend)
     cos = 1 - dist.astype(np.float64) ** 2 / 2                                              # unit rows: |a-b|^2 = 2 - 2 cos
     return np.sort(greedy_penalised(d, nbr, k, lambda i, s_i, p: gamma * cos[i, p]))
 
@@ -329,13 +332,13 @@ def _semdedup_baseline(run, k, n, seed, n_clusters=None, kmeans_backend='faiss',
     return idx, {**p, **info}, {'emb_last': scores_path(run, 'emb_last'), 'kmeans': scores_path(run, 'kmeans_emb_last')}
 
 # %% ../nbs/06_baselines.ipynb #5bf4b7a9
-def _d2_baseline(run, k, n, keep, n_neighbors=5, gamma=0.4, device=None, **_):
+def _d2_baseline(run, k, n, keep, n_neighbors=5, gamma=0.4, device=None, knn_backend='faiss', **_):
     "D2-Pruning on the cached margin and mean embeddings."
     if keep not in ('bottom', 'top'): raise CoincideError(f"d2-pruning takes --keep bottom (hard: low margin, default) or top, not {keep!r}")
     m = np.asarray(load_scores(run, 'margin', n), dtype=np.float64)
-    idx = d2_pruning(load_scores(run, 'emb_mean', n), 1 - m if keep == 'bottom' else 1 + m, k, n_neighbors, gamma, device=device)
+    idx = d2_pruning(load_scores(run, 'emb_mean', n), 1 - m if keep == 'bottom' else 1 + m, k, n_neighbors, gamma, device=device, knn_backend=knn_backend)
     return idx, {'node_score': '1 - margin' if keep == 'bottom' else '1 + margin', 'embedding': 'emb_mean', 'n_neighbors': n_neighbors,
-                 'gamma': gamma, 'normalize': True}, {'margin': scores_path(run, 'margin'), 'emb_mean': scores_path(run, 'emb_mean')}
+                 'gamma': gamma, 'normalize': True, 'knn_backend': knn_backend}, {'margin': scores_path(run, 'margin'), 'emb_mean': scores_path(run, 'emb_mean')}
 
 # %% ../nbs/06_baselines.ipynb #59a451bf
 def _self_sup_baseline(run, k, n, seed, keep, n_clusters=None, embedding='emb_last', kmeans_backend='faiss', **_):
@@ -345,11 +348,11 @@ def _self_sup_baseline(run, k, n, seed, keep, n_clusters=None, embedding='emb_la
            {embedding: scores_path(run, embedding), 'kmeans': scores_path(run, f'kmeans_{embedding}')}
 
 # %% ../nbs/06_baselines.ipynb #cb01a016
-def _self_filter_baseline(run, k, n, n_neighbors=10, gamma=1.0, embedding='emb_mean', device=None, **_):
+def _self_filter_baseline(run, k, n, n_neighbors=10, gamma=1.0, embedding='emb_mean', device=None, knn_backend='faiss', **_):
     "Self-Filter stage 2 on the cached difficulties and embeddings."
     d = load_scores(run, 'self_filter', n)
-    idx = self_filter_select(d, load_scores(run, embedding, n), k, n_neighbors, gamma, device=device)
-    return idx, {'embedding': embedding, 'n_neighbors': n_neighbors, 'gamma': gamma}, \
+    idx = self_filter_select(d, load_scores(run, embedding, n), k, n_neighbors, gamma, device=device, knn_backend=knn_backend)
+    return idx, {'embedding': embedding, 'n_neighbors': n_neighbors, 'gamma': gamma, 'knn_backend': knn_backend}, \
            {'self_filter': scores_path(run, 'self_filter'), embedding: scores_path(run, embedding)}
 
 # %% ../nbs/06_baselines.ipynb #f905853a
@@ -366,7 +369,7 @@ def select_baseline(name:str, # one of `BASELINES`
                     n:int, # the number of records
                     seed:int=0, # seeds random and k-means
                     keep:str|None=None, # bottom, middle or top of the ranking (None: the baseline's default)
-                    **opts, # records, stratify, n_clusters, n_neighbors, gamma, embedding, kmeans_backend
+                    **opts, # records, stratify, n_clusters, n_neighbors, gamma, embedding, kmeans_backend, knn_backend
                    ) -> tuple: # ((k,) int64 sorted indices, params dict, inputs dict name -> file)
     "Run baseline `name` on a run folder's cached scores for a budget of `k` of `n` records."
     if name not in BASELINES: raise CoincideError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}")

@@ -70,7 +70,7 @@ def count_problems(man:dict, # a selection manifest
 
 # %% ../nbs/07_verify.ipynb #6d915ac8
 COINCIDE_PARAMS = ('fraction', *SETTINGS) # a `select` manifest records all of these (`coincide.selection.coincide_params`)
-BASELINE_OPTIONS = ('stratify', 'n_clusters', 'n_neighbors', 'gamma', 'embedding', 'kmeans_backend') # recorded baseline settings passed back to `select_baseline`
+BASELINE_OPTIONS = ('stratify', 'n_clusters', 'n_neighbors', 'gamma', 'embedding', 'kmeans_backend', 'knn_backend') # recorded baseline settings passed back to `select_baseline`
 
 # %% ../nbs/07_verify.ipynb #04e2aca1
 def required_params(man:dict, # a selection manifest
