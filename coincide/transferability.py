@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 import numpy as np
 from .core import CoincideError, l2_normalize
-from .kernels import _dot_rows, density_sums, on_device, to_numpy
+from .kernels import dot_rows, density_sums, on_device, to_numpy
 
 # %% ../nbs/04_transferability.ipynb #41a5ade7
 def check_layout(layout:dict, # the parsed layout.json: {"blocks": [{"layer", "modality", "start", "stop"}, ...]}
@@ -93,7 +93,7 @@ def _paper_transferability(c:np.ndarray, # (K, c) unit rows (text parts of the c
     tot, cnt = np.zeros(K), np.zeros(K, np.int64)
     for i0 in range(0, K, chunk):
         i1 = min(K, i0 + chunk)
-        C = to_numpy(_dot_rows(c[i0:i1], c[i0:]))                  # (b, K - i0): this block and all later columns
+        C = to_numpy(dot_rows(c[i0:i1], c[i0:]))                  # (b, K - i0): this block and all later columns
         keep = C <= threshold
         Cm = np.where(keep, C, 0.0)
         tot[i0:i1] += Cm.sum(1); cnt[i0:i1] += keep.sum(1)

@@ -184,9 +184,9 @@ def test_look_ahead_float32_rows_without_a_large_copy():
 def test_no_large_symmetric_product():
     # numpy's OpenBLAS crashed (segfault) on a float64 `u @ u.T` of 20,000 x 2,048 with 2 threads: symmetric products
     # above the tile size go by tiles of general products (checked here on a small tile)
-    code = ("import numpy as np; from coincide.kernels import _dot_rows; "
+    code = ("import numpy as np; from coincide.kernels import dot_rows; "
             "u = np.random.default_rng(0).normal(size=(1500, 512)); "
-            "assert np.allclose(_dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
+            "assert np.allclose(dot_rows(u, u, tile=256), u @ u.T.copy(), rtol=1e-13, atol=1e-12); print('ok')")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '2'})
     assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
 
@@ -210,7 +210,7 @@ def test_big_cluster_two_threads():
     "Density and greedy MMD on one 20,000-member cluster at D = 2,048 with two BLAS threads: no crash, same picks for a prefix."
     code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_selection_scale import cluster; "
             "from coincide.kernels import density_sums; from coincide.selection import greedy_mmd; "
-            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.kernels import _dot_rows; _dot_rows(u, u); "
+            "x = cluster(20000, 2048, 0); u = x.astype(np.float64); from coincide.kernels import dot_rows; dot_rows(u, u); "
             "D, r = density_sums(x); p = greedy_mmd(x, 1000, r=r); "
             "import reference_greedy; q = reference_greedy.greedy_mmd(x, 300, r=r); "
             "assert (p[:300] == q).all(); print('ok', D)")
