@@ -6,28 +6,13 @@ import json, math, shutil, sys
 from pathlib import Path
 import pandas as pd
 import pytest
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT/'bench'/'results'
 REPORT = ROOT/'nbs'/'16_testbed_report.ipynb'
 sys.path.insert(0, str(ROOT/'bench'))
 import redraw_power, redraw_target
-from coincide.testbed.benchmark import SUITES, suite_info
-from coincide.testbed.demo import paired_difference, relative_per_seed, scored_suites
-
-
-def pooled(a:pd.DataFrame) -> pd.Series:
-    "One calibration attempt's rows against its full-data model pooled over seeds, on the suites it scores."
-    names = list(SUITES)
-    sc = scored_suites(a, {s: suite_info(s)['chance'] for s in names}, dict.fromkeys(names, int(a.n_eval.iloc[0])))
-    return a.assign(p=relative_per_seed(a, sc.index[sc.scored].tolist())).set_index(['method', 'seed']).p
-
-
-def mean_ci(v:pd.Series) -> list:
-    "Mean and its 95 % t-interval."
-    m = float(v.mean()); h = stats.t.ppf(0.975, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return [m, m - h, m + h]
+from coincide.testbed.demo import mean_interval, paired_difference, pooled_relative, relative_per_seed
 
 
 def cited_from(results:Path) -> dict:
@@ -38,7 +23,7 @@ def cited_from(results:Path) -> dict:
     _, ref = redraw_power.summary(pd.read_csv(results/'redraw_power.csv').drop(columns=['shared_with_reference0']), power_rows, scored)
     _, tgt = redraw_target.summary(pd.read_csv(results/'redraw_target.csv'), power_rows, scored, ref['sd_reference'])
     cal = pd.read_csv(results/'calibration.csv')
-    a10, a14 = pooled(cal[cal.attempt == 10]), pooled(cal[cal.attempt == 14])
+    a10, a14 = pooled_relative(cal[cal.attempt == 10]), pooled_relative(cal[cal.attempt == 14])
     drows = pd.read_csv(results/'demo_default'/'results_per_seed.csv')
     dsuites = pd.read_csv(results/'demo_default'/'suites.csv')
     drel = drows.assign(relative=relative_per_seed(drows, dsuites.suite[dsuites.scored].tolist())).pivot(index='seed', columns='method', values='relative')
@@ -53,7 +38,7 @@ def cited_from(results:Path) -> dict:
         'target_redraw_sd_D': [tgt['D'][k] for k in ('sd', 'sd_ci_low', 'sd_ci_high')],
         'sd_target': tgt['sd_target'], 'sd_rerun_both_redrawn': tgt['sd_rerun_both_redrawn_36_seeds'],
         'calibration_accepted_5': float(a10['random-0.05'].mean()), 'calibration_accepted_20': float(a10['random-0.2'].mean()),
-        'calibration_measured_5': mean_ci(a14['random-0.05']), 'calibration_measured_20': mean_ci(a14['random-0.2']),
+        'calibration_measured_5': list(mean_interval(a14['random-0.05'])), 'calibration_measured_20': list(mean_interval(a14['random-0.2'])),
         'calibration_measured_gap': list(paired_difference(a14['random-0.2'], a14['random-0.05'])),
         'default_random_relative': float(drel.random.mean()),
         'default_coincide_vs_random': list(paired_difference(drel.coincide, drel.random)),

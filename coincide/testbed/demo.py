@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['METHODS', 'QUICK', 'BACKEND_OPTION', 'SCORES_USED', 'DEMO_THREADS', 'TIMING_COLUMNS', 'DemoConfig', 'power_seeds',
            'power_config', 'scale_layers', 'stage_key', 'done_file', 'cached_stage', 'scored_suites',
-           'relative_per_seed', 'paired_difference', 'summarise', 'markdown_table', 'Demo', 'torch_threads',
-           'compute_params', 'run_stage', 'benchmark_stage', 'reference_stage', 'compute_backend', 'cluster_stage',
-           'coincide_stages', 'scores_stage', 'baseline_selection', 'baseline_stage', 'selection_diagnostics',
-           'plot_selection_diagnostics', 'target_init_params', 'target_init_stage', 'target_params', 'target_stage',
-           'train_targets', 'select_all', 'default_jobs', 'run_demo', 'write_results', 'results_mismatches',
-           'plot_per_benchmark', 'plot_relative', 'demo_args', 'demo_main']
+           'relative_per_seed', 'mean_interval', 'paired_difference', 'pooled_relative', 'summarise', 'markdown_table',
+           'Demo', 'torch_threads', 'compute_params', 'run_stage', 'benchmark_stage', 'reference_stage',
+           'compute_backend', 'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection',
+           'baseline_stage', 'selection_diagnostics', 'plot_selection_diagnostics', 'target_init_params',
+           'target_init_stage', 'target_params', 'target_stage', 'train_targets', 'select_all', 'default_jobs',
+           'run_demo', 'write_results', 'results_mismatches', 'plot_per_benchmark', 'plot_relative', 'demo_args',
+           'demo_main']
 
 # %% ../../nbs/13_testbed_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -134,15 +135,30 @@ def relative_per_seed(per_seed:pd.DataFrame, # rows: method, seed, one column pe
     return pd.Series([relative_performance(r[suites], full) for _, r in per_seed.iterrows()], index=per_seed.index)
 
 # %% ../../nbs/13_testbed_demo.ipynb #f34fc4e0
+def mean_interval(values:pd.Series, # (n,) one number per seed (or unit)
+                  confidence:float=0.95, # coverage of the t-interval
+                 ) -> tuple: # (mean, interval low, interval high); the interval is NaN for one value
+    "The mean of `values` and its t-interval (sd with ddof 1)."
+    d = np.asarray(values, dtype=float)                                   # (n,)
+    if len(d) < 2: return float(d.mean()), math.nan, math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
 def paired_difference(rel:pd.Series, # relative performance (%) of one method, indexed by seed
                       ref:pd.Series, # relative performance (%) of the method compared against, indexed by seed
                       confidence:float=0.95, # coverage of the t-interval
                      ) -> tuple: # (mean difference, interval low, interval high); the interval is NaN with one seed
     "Mean over seeds of the paired difference rel - ref and its t-interval."
-    d = (rel - ref.loc[rel.index]).to_numpy(dtype=float)                  # (seeds,)
-    if len(d) < 2: return float(d.mean()), math.nan, math.nan
-    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+    return mean_interval(rel - ref.loc[rel.index], confidence)
+
+# %% ../../nbs/13_testbed_demo.ipynb #69f983b9
+def pooled_relative(rows:pd.DataFrame, # one calibration attempt (bench/results/calibration.csv): method, seed, n_eval, one column per suite
+                   ) -> pd.Series: # relative performance (%), indexed by (method, seed)
+    "Each row of one calibration attempt against its full-data model pooled over the attempt's seeds, on the suites it scores."
+    from coincide.testbed.benchmark import SUITES, suite_info
+    names = list(SUITES)
+    sc = scored_suites(rows, {s: suite_info(s)['chance'] for s in names}, dict.fromkeys(names, int(rows.n_eval.iloc[0])))
+    return rows.assign(p=relative_per_seed(rows, sc.index[sc.scored].tolist())).set_index(['method', 'seed']).p
 
 # %% ../../nbs/13_testbed_demo.ipynb #b741b833
 def summarise(per_seed:pd.DataFrame, # rows: method, seed, fraction, select_seconds, one column per suite
