@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 # Notebooks call the `coincide` command (`!coincide ...`): the venv's comes first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TRANSFORMERS_OFFLINE := 1
+# nbdev_test runs several notebooks in one worker process, so the test bed's portable kernels are set before any starts
+PORTABLE := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2
 
 .PHONY: setup demo test test-slow check-sync nbtest pytest outputs readme clean
 
@@ -36,7 +38,7 @@ check-sync: setup
 
 # Tests run two notebooks at a time on 2 cores: one BLAS/torch thread each avoids oversubscription.
 nbtest: setup
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(PORTABLE) $(BIN)/nbdev_test --n_workers 2
 
 pytest: setup
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests/
@@ -46,12 +48,12 @@ test: setup check-sync nbtest pytest
 
 ## test-slow: the long cases (flagged slow) as well
 test-slow: setup
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
+	OMP_NUM_THREADS=1 $(PORTABLE) $(BIN)/nbdev_test --n_workers 2 --flags slow
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ --runslow
 
 ## outputs: run the notebooks as nbdev_test does and store their outputs (NB=one notebook or folder; FLAGS="slow gpu" runs flagged cells too)
 outputs: setup
-	OMP_NUM_THREADS=1 $(PY) tools/run_notebooks.py $(NB) --flags "$(FLAGS)"
+	OMP_NUM_THREADS=1 $(PORTABLE) $(PY) tools/run_notebooks.py $(NB) --flags "$(FLAGS)"
 	$(BIN)/nbdev_clean
 
 ## readme: write README.md from nbs/index.ipynb (tests check that they are in step)
