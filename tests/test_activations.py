@@ -187,7 +187,8 @@ def test_empty_text_span_gives_zero_text_block(llava, tmp_path):
 
 def test_bfloat16_close_to_float32(cli, llava, data, tmp_path):
     "bfloat16 extraction stays within 0.03 of float32. It runs natively: torch's CPU bfloat16 kernels need AVX-512, which the test bed's portable kernels (set for this test process) switch off."
-    if 'avx512f' not in Path('/proc/cpuinfo').read_text(): pytest.skip("torch's CPU bfloat16 kernels need AVX-512")
+    cpuinfo = Path('/proc/cpuinfo')
+    if not cpuinfo.is_file() or 'avx512f' not in cpuinfo.read_text(): pytest.skip("torch's CPU bfloat16 kernels need AVX-512 (read from /proc/cpuinfo)")
     f32 = np.load(A.extract(data, data.parent/'images', llava, LAYERS, tmp_path/'f32', batch_size=4)).astype(np.float32)
     native = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
     res = cli('extract', '--data', data, '--images', data.parent/'images', '--model', llava, '--layers', *LAYERS, '--out', tmp_path/'b16',
