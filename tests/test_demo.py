@@ -146,3 +146,33 @@ def test_every_process_of_the_micro_demo_records_portable_kernels(micro):
         assert (state['mode'], state['aten_capability'], state['onednn'], state['mkl_cbwr']) == ('portable', 'AVX2', False, 'AVX2'), name
     workers = {s['pid'] for name, s in stages.items() if name.startswith('target-') and name != 'target-pretrained'} - {parent['pid']}
     assert len(workers) == 2
+
+
+def test_headroom_arms_share_the_demo_draw_and_keep_their_defining_property(micro):
+    "Each arm of the headroom design on the micro demo's reference: Random is the demo's draw, and each oracle does what it says."
+    from coincide.testbed.headroom import (ARMS, DESIGN_COMMIT, run_unit, arm_selection, record_labels, group_ids, flagged,
+                                           eval_composition_weights, unit_agreement, allocate_groups)
+    out, _ = micro
+    _, demo = run_unit(0, out/'cache', seeds=2, train=False, base=MICRO)
+    picks = {a: arm_selection(demo, a, 0) for a in ARMS}
+    demo_random = next(p for p in (out/'cache').glob('select-random-*') if json.loads((p/'done.json').read_text())['params']['seed'] == 0)
+    assert np.array_equal(picks['random'], np.load(demo_random/'indices.npy'))            # the demo's own draw
+    assert np.array_equal(picks['coincide'], np.load(out/'cache'/demo.keys['select-coincide']/'indices.npy'))
+    n, k = MICRO.n_train, round(MICRO.fraction * MICRO.n_train)
+    assert {a: len(p) for a, p in picks.items()} == {a: n // 20 if a == 'random-5' else k for a in ARMS}
+    groups, names = group_ids(record_labels(demo.train, 'composition'))
+    sizes, cov = np.bincount(groups, minlength=len(names)), np.bincount(groups[picks['oracle-coverage']], minlength=len(names))
+    level = cov[cov < sizes].min()
+    assert (cov[cov < sizes] - level <= 1).all() and (cov[cov >= sizes] <= level + 1).all()    # even, capped at the sizes
+    w = np.array([eval_composition_weights(demo.setup.records, list(names))[0][c] for c in names])
+    got = np.bincount(groups[picks['oracle-eval']], minlength=len(names))
+    assert got[w == 0].sum() == 0 and np.array_equal(got, allocate_groups(sizes, k, w))             # the evaluation's weights, capped
+    sel = {name: json.loads((out/'cache'/demo.keys[f'select-{name}']/'manifest.json').read_text()) for name in ('coincide-true', 'coincide-k')}
+    assert np.array_equal(np.load(sel['coincide-true']['inputs']['assignments']['path']), groups)     # the true compositions as clusters
+    assert len(np.load(sel['coincide-k']['inputs']['centroids']['path'])) == len(names)               # K = the number of compositions
+    assert not flagged(demo.train, json.loads((demo.bench/'truth.json').read_text()))[picks['oracle-clean']].any()
+    manifests = [json.loads((p/'manifest.json').read_text()) for p in (out/'cache').glob('arm-*')]
+    manifests += [json.loads((p/'manifest.json').read_text()) for p in (out/'cache').glob('select-coincide-[kt]*')]
+    assert len(manifests) == 2 * 3 + 2 + 2 and all(m['params']['design_commit'] == DESIGN_COMMIT for m in manifests)
+    agree = unit_agreement(demo)
+    assert set(agree.k) == {MICRO.k, len(names)} and agree.purity.between(0, 1).all()
