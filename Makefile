@@ -8,8 +8,9 @@ export HF_HUB_OFFLINE := 1
 # Notebooks call the `coincide` command (`!coincide ...`): the venv's comes first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TRANSFORMERS_OFFLINE := 1
-# nbdev_test runs several notebooks in one worker process, so the test bed's portable kernels are set before any starts
-PORTABLE := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2
+# nbdev_test runs several notebooks in one worker process, so the test bed's portable kernels are set before any starts:
+# coincide.testbed.portable.PORTABLE_ENV, or nothing on a CPU without AVX2 (read when a recipe runs, after setup)
+PORTABLE = $(shell $(PY) -c "from coincide.testbed.portable import PORTABLE_ENV, portable_reason; print('' if portable_reason() else ' '.join(f'{k}={v}' for k, v in PORTABLE_ENV.items()))")
 
 .PHONY: setup demo test test-slow check-sync nbtest pytest outputs readme clean
 
