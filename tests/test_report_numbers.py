@@ -1,8 +1,8 @@
 """The numbers `nbs/16_testbed_report.ipynb` cites are what the committed result files give.
 
 Each number is recomputed here from `bench/results/` (per-seed rows, not the summaries that quote them) with the
-functions the demo and the redraw scripts use, and compared with the report's stored output and with its text."""
-import json, math, shutil, sys
+functions the demo and the headroom study use, and compared with the report's stored output and with its text."""
+import json, math, shutil
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -10,33 +10,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT/'bench'/'results'
 REPORT = ROOT/'nbs'/'16_testbed_report.ipynb'
-sys.path.insert(0, str(ROOT/'bench'))
-import redraw_power, redraw_target
 from coincide.testbed.demo import mean_interval, paired_difference, pooled_relative, relative_per_seed
+from coincide.testbed.headroom import comparison_diffs, holm_intervals
 
 
 def cited_from(results:Path) -> dict:
     "Every number the report cites, recomputed from the per-seed and per-unit files under `results`."
-    power_rows, scored = redraw_power.read_power(results/'power')
-    rel = power_rows.assign(relative=relative_per_seed(power_rows, scored)).pivot(index='seed', columns='method', values='relative')
-    vs_random = {m: list(paired_difference(rel[m], rel.random)) for m in ('coincide', 'semdedup', 'self-sup')}
-    _, ref = redraw_power.summary(pd.read_csv(results/'redraw_power.csv').drop(columns=['shared_with_reference0']), power_rows, scored)
-    _, tgt = redraw_target.summary(pd.read_csv(results/'redraw_target.csv'), power_rows, scored, ref['sd_reference'])
+    power_rows = pd.read_csv(results/'power'/'results_per_seed.csv')
+    psuites = pd.read_csv(results/'power'/'suites.csv')
+    rel = power_rows.assign(relative=relative_per_seed(power_rows, psuites.suite[psuites.scored].tolist())).pivot(index='seed', columns='method', values='relative')
+    units = pd.read_csv(results/'headroom_units.csv')
+    holm = holm_intervals(comparison_diffs(units)).set_index('comparison')
+    agree = pd.read_csv(results/'agreement.csv')
+    purity = agree[(agree.label == 'composition') & (agree.records == 'all') & (agree.k == agree.k.max())].purity.mean()
     cal = pd.read_csv(results/'calibration.csv')
     a10, a14 = pooled_relative(cal[cal.attempt == 10]), pooled_relative(cal[cal.attempt == 14])
     drows = pd.read_csv(results/'demo_default'/'results_per_seed.csv')
     dsuites = pd.read_csv(results/'demo_default'/'suites.csv')
     drel = drows.assign(relative=relative_per_seed(drows, dsuites.suite[dsuites.scored].tolist())).pivot(index='seed', columns='method', values='relative')
     return {
-        'power_coincide_vs_random': vs_random['coincide'], 'power_semdedup_vs_random': vs_random['semdedup'],
-        'power_self-sup_vs_random': vs_random['self-sup'], 'power_random_relative': float(rel.random.mean()),
+        'power_coincide_vs_random': list(paired_difference(rel.coincide, rel.random)), 'power_random_relative': float(rel.random.mean()),
         'power_paired_sd': float((rel.coincide - rel.random).std(ddof=1)),
-        'reference_redraw_D': [ref['D'][k] for k in ('mean', 'ci_low', 'ci_high')],
-        'reference_redraw_sd_D': [ref['D'][k] for k in ('sd', 'sd_ci_low', 'sd_ci_high')],
-        'sd_reference': ref['sd_reference'], 'prediction_36_seeds': ref['prediction_36_seeds'],
-        'target_redraw_D': [tgt['D'][k] for k in ('mean', 'ci_low', 'ci_high')],
-        'target_redraw_sd_D': [tgt['D'][k] for k in ('sd', 'sd_ci_low', 'sd_ci_high')],
-        'sd_target': tgt['sd_target'], 'sd_rerun_both_redrawn': tgt['sd_rerun_both_redrawn_36_seeds'],
+        'headroom_random_relative': float(units[units.method == 'random'].relative.mean()),
+        'headroom_coincide_vs_random': holm.loc['coincide - random', ['mean', 'low', 'high']].tolist(),
+        'headroom_coverage_vs_random': holm.loc['oracle-coverage - random', ['mean', 'low', 'high']].tolist(),
+        'composition_purity': float(purity),
         'calibration_accepted_5': float(a10['random-0.05'].mean()), 'calibration_accepted_20': float(a10['random-0.2'].mean()),
         'calibration_measured_5': list(mean_interval(a14['random-0.05'])), 'calibration_measured_20': list(mean_interval(a14['random-0.2'])),
         'calibration_measured_gap': list(paired_difference(a14['random-0.2'], a14['random-0.05'])),
@@ -80,17 +78,15 @@ def test_committed_tables_agree_with_their_per_seed_rows(fresh):
     assert close(power.loc['coincide', ['diff_vs_random', 'diff_ci_low', 'diff_ci_high']].tolist(), fresh['power_coincide_vs_random'], 1e-4)
     default = pd.read_csv(RESULTS/'demo_default'/'results.csv').set_index('method')
     assert close(default.loc['coincide', ['diff_vs_random', 'diff_ci_low', 'diff_ci_high']].tolist(), fresh['default_coincide_vs_random'], 1e-4)
-    assert close(json.loads((RESULTS/'redraw_power.json').read_text())['sd_reference'], fresh['sd_reference'], 1e-6)
+    headroom = pd.read_csv(RESULTS/'headroom.csv').set_index('row')
+    assert close(headroom.loc['coincide - random', ['diff', 'low', 'high']].tolist(), fresh['headroom_coincide_vs_random'], 1e-4)
 
 
 def test_the_text_quotes_the_csvs(fresh):
     f = fresh
-    quotes = [ci(f['power_coincide_vs_random']), ci(f['power_semdedup_vs_random']), ci(f['power_self-sup_vs_random']),
-              f"paired seed sd {f['power_paired_sd']:.2f}",
-              ci(f['reference_redraw_D']), ci(f['target_redraw_D']),
-              '{:.1f} [{:.1f}, {:.1f}]'.format(*f['reference_redraw_sd_D']), '{:.1f} [{:.1f}, {:.1f}]'.format(*f['target_redraw_sd_D']),
-              f"between-reference sd at\n{f['sd_reference']:.1f}", f"between-target sd of about {f['sd_target']:.1f}",
-              '[{:+.1f}, {:+.1f}]'.format(*f['prediction_36_seeds']), f"(sd {f['sd_rerun_both_redrawn']:.1f})",
+    quotes = [ci(f['power_coincide_vs_random']), f"paired seed sd {f['power_paired_sd']:.2f}",
+              ci(f['headroom_coincide_vs_random']), ci(f['headroom_coverage_vs_random']), f"purity {f['composition_purity']:.2f}",
+              f"Random 20 % at {f['headroom_random_relative']:.1f}",
               f"Random 20 % was in the window ({f['calibration_accepted_20']:.1f})", f"({f['calibration_accepted_5']:.1f})",
               'Random 5 % is {:.1f} [{:.1f}, {:.1f}]'.format(*f['calibration_measured_5']),
               'Random 20 % is {:.1f} [{:.1f}, {:.1f}]'.format(*f['calibration_measured_20']), ci(f['calibration_measured_gap']),
@@ -100,14 +96,19 @@ def test_the_text_quotes_the_csvs(fresh):
 
 
 def test_a_changed_result_file_is_caught(tmp_path, fresh):
-    "One COINCIDE accuracy of one powered seed changed by two points: the stored numbers no longer match."
+    "One COINCIDE accuracy of one powered seed changed by two points, and of one headroom unit: the stored numbers no longer match."
     shutil.copytree(RESULTS, tmp_path/'results')
     f = tmp_path/'results'/'power'/'results_per_seed.csv'
     rows = pd.read_csv(f)
     i = rows.index[(rows.method == 'coincide') & (rows.seed == 0)][0]
     rows.loc[i, 'photo_recog'] -= 0.02
     rows.to_csv(f, index=False)
+    u = tmp_path/'results'/'headroom_units.csv'
+    units = pd.read_csv(u)
+    units.loc[units.index[(units.method == 'coincide') & (units.unit == 0)][0], 'relative'] += 2
+    units.to_csv(u, index=False)
     changed = cited_from(tmp_path/'results')
     stored = stored_cited()
     assert not close(changed['power_coincide_vs_random'], stored['power_coincide_vs_random'])
     assert not close(changed['power_paired_sd'], stored['power_paired_sd'])
+    assert not close(changed['headroom_coincide_vs_random'], stored['headroom_coincide_vs_random'])
