@@ -7,14 +7,14 @@ Every stage is cached in WORK/cache, so an interrupted run resumes where it stop
 finished unit is appended to the result files at once; the comparison over units is written only for the design's
 units 0-7 with three seeds.
 """
-import argparse, json, math, shlex, sys, time
+import argparse, shlex, sys, time
 from pathlib import Path
 import pandas as pd
 
 from coincide.testbed.portable import prepare_environment
 prepare_environment()                                                        # portable kernels, before torch loads
 from coincide.core import write_manifest, atomic_write
-from coincide.testbed.headroom import (ARMS, UNITS, COMPARISONS, DESIGN_COMMIT, run_unit, unit_agreement, unit_coverage,
+from coincide.testbed.headroom import (ARMS, UNITS, DESIGN_COMMIT, run_unit, unit_agreement, unit_coverage,
                                        unit_relative, comparison_diffs, holm_intervals, headroom_verdict, moving_suites,
                                        composition_coverage, suite_differences)
 from coincide.testbed.portable import kernel_state, testbed_versions

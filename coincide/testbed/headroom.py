@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm.auto import tqdm
-from ..core import CoincideError, budget_size, save_json, save_npy, atomic_write, write_manifest
-from ..data import load_records
+from ..core import CoincideError, budget_size, save_npy
 
 
 # %% ../../nbs/17_testbed_headroom.ipynb #37d25052
