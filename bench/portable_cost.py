@@ -13,6 +13,7 @@ SETTINGS = { # name -> (environment, oneDNN on)
     'native': ({}, True),
     'ATen AVX2': ({'ATEN_CPU_CAPABILITY': 'avx2'}, True),
     'MKL_CBWR=AVX2': ({'MKL_CBWR': 'AVX2'}, True),
+    'MKL at AVX2, no CNR': ({'MKL_ENABLE_INSTRUCTIONS': 'AVX2'}, True),  # separates the AVX2 GEMM's speed from CNR's
     'oneDNN off': ({}, False),
     'portable': ({'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2'}, False),
 }
@@ -42,7 +43,7 @@ print((time.perf_counter() - t) / int(sys.argv[2]), torch.backends.cpu.get_cpu_c
 
 def run(env:dict, onednn:bool, steps:int) -> tuple:
     "Seconds per step and ATen's capability in a fresh process with `env` added."
-    full = {k: v for k, v in os.environ.items() if k not in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR')} | env | {'OMP_NUM_THREADS': '1'}
+    full = {k: v for k, v in os.environ.items() if k not in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')} | env | {'OMP_NUM_THREADS': '1'}
     out = subprocess.run([sys.executable, '-c', STEP, '1' if onednn else '0', str(steps)], env=full, capture_output=True, text=True, check=True)
     sec, cap = out.stdout.split()
     return float(sec), cap
