@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from coincide.testbed.demo import DemoConfig, results_mismatches, run_demo
-from coincide.testbed.portable import cpu_has_avx2, testbed_versions
+from coincide.testbed.portable import exact_comparison_skip
 
 COMMITTED = Path(__file__).resolve().parent.parent/'bench'/'results'/'demo_default'
 FILES = ('results.csv', 'results_per_seed.csv', 'suites.csv')
@@ -27,10 +27,7 @@ def test_one_changed_committed_digit_is_caught(tmp_path):
 def test_default_demo_reproduces_the_committed_results(tmp_path):
     man = json.loads((COMMITTED/'manifest.json').read_text())
     if man['params'].get('kernels') != 'portable': pytest.fail('the committed default demo was not run with portable kernels')
-    if not cpu_has_avx2(): pytest.skip('this CPU has no AVX2: the demo runs natively and its bytes differ')
-    if man.get('testbed_versions') != testbed_versions():
-        pytest.skip(f"library versions differ from the committed run's (install with -c constraints.txt): "
-                    f"{ {k: (v, testbed_versions()[k]) for k, v in man['testbed_versions'].items() if testbed_versions()[k] != v} }")
+    if (reason := exact_comparison_skip(man['testbed_versions'])) is not None: pytest.skip(reason)
     out = Path(os.environ.get('COINCIDE_DEMO_OUT') or tmp_path/'demo')          # a `make demo` folder reuses its cache
     run_demo(DemoConfig(), out)
     assert [m for f in FILES for m in results_mismatches(COMMITTED/f, out/f)] == []

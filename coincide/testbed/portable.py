@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PORTABLE_ENV', 'TESTBED_LIBRARIES', 'cpu_has_avx2', 'portable_reason', 'prepare_environment', 'use_portable_kernels',
-           'kernel_state', 'testbed_versions']
+           'kernel_state', 'testbed_versions', 'exact_comparison_skip']
 
 # %% ../../nbs/12a_testbed_portable.ipynb #e1bf470b
 import os, platform, sys, warnings
@@ -87,3 +87,13 @@ def testbed_versions() -> dict: # distribution -> version (None if not installed
         try: return version(name)
         except PackageNotFoundError: return None
     return {name: v(name) for name in TESTBED_LIBRARIES}
+
+# %% ../../nbs/12a_testbed_portable.ipynb #91c2bc27
+def exact_comparison_skip(committed_versions:dict, # distribution -> version, from a committed run's manifest
+                         ) -> str|None: # why a rerun here cannot give the committed bytes, or None
+    "Why a portable rerun here cannot reproduce a committed portable run byte for byte (None when it can)."
+    if (reason := portable_reason()) is not None: return f"{reason}: a rerun here computes natively and its bytes differ"
+    now = testbed_versions()
+    differ = {name: (v, now.get(name)) for name, v in committed_versions.items() if now.get(name) != v}
+    if differ: return f"library versions differ from the committed run's, as (committed, here): {differ}; install with -c constraints.txt"
+    return None
