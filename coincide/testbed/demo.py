@@ -7,11 +7,11 @@ __all__ = ['METHODS', 'QUICK', 'BACKEND_OPTION', 'SCORES_USED', 'DEMO_THREADS', 
            'power_config', 'scale_layers', 'stage_key', 'done_file', 'cached_stage', 'scored_suites',
            'relative_per_seed', 'mean_interval', 'paired_difference', 'pooled_relative', 'summarise', 'markdown_table',
            'Demo', 'torch_threads', 'compute_params', 'run_stage', 'benchmark_stage', 'reference_stage',
-           'compute_backend', 'cluster_stage', 'coincide_stages', 'scores_stage', 'baseline_selection',
-           'baseline_stage', 'selection_diagnostics', 'plot_selection_diagnostics', 'target_init_params',
-           'target_init_stage', 'target_params', 'target_stage', 'train_targets', 'select_all', 'default_jobs',
-           'run_demo', 'write_results', 'results_mismatches', 'plot_per_benchmark', 'plot_relative', 'demo_args',
-           'demo_main']
+           'compute_backend', 'cluster_stage', 'coincide_stages', 'coincide_select_stage', 'scores_stage',
+           'baseline_selection', 'baseline_stage', 'selection_diagnostics', 'plot_selection_diagnostics',
+           'target_init_params', 'target_init_stage', 'target_params', 'target_stage', 'train_targets', 'select_all',
+           'default_jobs', 'run_demo', 'write_results', 'results_mismatches', 'plot_per_benchmark', 'plot_relative',
+           'demo_args', 'demo_main']
 
 # %% ../../nbs/13_testbed_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -305,7 +305,6 @@ def coincide_stages(demo:Demo, # the demo's state, after `benchmark_stage`
                    ) -> tuple: # (indices (m,) int64, seconds)
     "Extract, cluster and select with COINCIDE; return (indices, seconds of extract + cluster + select)."
     from coincide.activations import extract
-    from coincide.selection import select_coincide, save_coincide_selection
     from coincide.testbed.models import get_preset
     c, bench = demo.cfg, demo.bench
     layers = scale_layers(get_preset(c.reference_preset).text_layers)
@@ -314,11 +313,21 @@ def coincide_stages(demo:Demo, # the demo's state, after `benchmark_stage`
                                          dtype='float32', num_workers=0) and None)
     clustered, res = cluster_stage(demo, demo.keys['extract'], c.k)
     demo.keys['cluster'], demo.seconds['cluster'] = clustered.name, res['seconds']
-    def select(f):
-        idx, table = select_coincide(clustered, c.fraction, tau=c.tau, progress=False)
-        save_coincide_selection(f, clustered, idx, table, c.fraction, tau=c.tau)
-    sel, _ = run_stage(demo, 'select-coincide', {'cluster': demo.keys['cluster'], 'fraction': c.fraction, 'tau': c.tau}, select)
+    sel = coincide_select_stage(demo, 'coincide', clustered)
     return np.load(sel/'indices.npy'), sum(demo.seconds[s] for s in ('extract', 'cluster', 'select-coincide'))
+
+def coincide_select_stage(demo:Demo, # the demo's state
+                          name:str, # the stage is `select-{name}`
+                          clustered:Path, # a clustered run folder (`cluster_stage`)
+                          extra:dict|None=None, # recorded in the selection's manifest, not in its key
+                         ) -> Path: # the selection folder: indices.npy (m,) int64, clusters.csv, manifest.json
+    "COINCIDE at the demo's fraction and tau on a clustered run, cached as stage `select-{name}`."
+    from coincide.selection import select_coincide, save_coincide_selection
+    c = demo.cfg
+    def build(f):
+        idx, table = select_coincide(clustered, c.fraction, tau=c.tau, progress=False)
+        save_coincide_selection(f, clustered, idx, table, c.fraction, tau=c.tau, extra=extra)
+    return run_stage(demo, f'select-{name}', {'cluster': clustered.name, 'fraction': c.fraction, 'tau': c.tau}, build)[0]
 
 # %% ../../nbs/13_testbed_demo.ipynb #4572952a
 SCORES_USED = {'random': (), 'clip-score': ('clip',), 'el2n': ('reference-pass',), 'perplexity': ('reference-pass',),

@@ -291,17 +291,6 @@ def _save_arm(folder:Path, demo, arm:str, idx:np.ndarray, seed:int|None, inputs:
     save_selection(folder, idx, 'headroom', {'arm': arm, 'design_commit': DESIGN_COMMIT, 'n_records': len(demo.train), **params},
                    {'train': demo.bench/'train.json', **inputs}, seed=seed)
 
-def _coincide_on(demo, name:str, clustered:Path) -> np.ndarray:
-    "The paper's selection (the demo's settings) on a clustered run folder, as cached stage `name`."
-    from coincide.selection import select_coincide, save_coincide_selection
-    from coincide.testbed.demo import run_stage
-    c = demo.cfg
-    def build(f):
-        idx, table = select_coincide(clustered, c.fraction, tau=c.tau, progress=False)
-        save_coincide_selection(f, clustered, idx, table, c.fraction, tau=c.tau, extra={'arm': name, 'design_commit': DESIGN_COMMIT})
-    sel, _ = run_stage(demo, f'select-{name}', {'cluster': clustered.name, 'fraction': c.fraction, 'tau': c.tau}, build)
-    return np.load(sel/'indices.npy')
-
 def arm_selection(demo, # `coincide.testbed.demo.Demo` after its reference and COINCIDE stages (`coincide_stages`)
                   arm:str, # one of `ARMS`
                   seed:int=0, # the stage-2 seed: the draw of the arms in `RANDOM_ARMS`; the others select once
@@ -309,7 +298,8 @@ def arm_selection(demo, # `coincide.testbed.demo.Demo` after its reference and C
     "An arm's selection, cached as a demo stage with a manifest."
     from coincide.baselines import random_select
     from coincide.core import load_npy
-    from coincide.testbed.demo import run_stage, cluster_stage
+    from coincide.testbed.demo import run_stage, cluster_stage, coincide_select_stage
+    def on(name, clustered): return np.load(coincide_select_stage(demo, name, clustered, extra={'arm': name, 'design_commit': DESIGN_COMMIT})/'indices.npy')
     if arm not in ARMS: raise CoincideError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     n, ext = len(demo.train), demo.cache/demo.keys['extract']
     k = budget_size(n, RANDOM_ARMS.get(arm, demo.cfg.fraction))
@@ -317,10 +307,10 @@ def arm_selection(demo, # `coincide.testbed.demo.Demo` after its reference and C
     if arm == 'coincide': return np.load(demo.cache/demo.keys['select-coincide']/'indices.npy')
     if arm == 'coincide-k':
         clustered, _ = cluster_stage(demo, demo.keys['extract'], len(set(record_labels(demo.train, 'composition'))))
-        return _coincide_on(demo, 'coincide-k', clustered)
+        return on('coincide-k', clustered)
     if arm == 'coincide-true':
         true, _ = run_stage(demo, 'true-clusters', {'extract': demo.keys['extract'], **base}, lambda f: true_cluster_run(f, ext, demo.train) and None)
-        return _coincide_on(demo, 'coincide-true', true)
+        return on('coincide-true', true)
     truth = demo.bench/'truth.json'
     make = {'random': lambda: random_select(n, k, seed),
             'random-5': lambda: random_select(n, k, seed),
