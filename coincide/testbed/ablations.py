@@ -201,14 +201,22 @@ def plot_ratio_sweep(df:pd.DataFrame): # rows of the 'ratio' ablation: fraction,
     return fig
 
 # %% ../../nbs/14_testbed_ablations.ipynb #68c33ef5
-def plot_settings(df:pd.DataFrame): # COINCIDE rows of the 20 % ablations: ablation, setting, relative
-    "One panel per ablation: relative performance of each setting (bar: mean over seeds, line: sd over seeds)."
-    import seaborn as sns, matplotlib.pyplot as plt
-    g = sns.catplot(df, kind='bar', x='setting', y='relative', col='ablation', col_wrap=4, sharex=False, errorbar='sd',
-                    height=2.8, aspect=1.1, color='tab:blue')
-    for ax in g.axes.flat: ax.tick_params(axis='x', rotation=30, labelsize=7); ax.axhline(100, color='k', lw=0.8, ls='--')
-    g.set_titles('{col_name}'); g.set_ylabels('relative (%)'); g.figure.subplots_adjust(hspace=0.7); plt.close(g.figure)
-    return g.figure
+def plot_settings(summary:pd.DataFrame): # from `summarise_settings`: its rows compared with 'default' are drawn
+    "Each setting's paired difference to the paper's settings with its 95 % interval; resolved ones in orange."
+    import matplotlib.pyplot as plt
+    d = summary[summary.compared_with == 'default'].reset_index(drop=True)
+    resolved = ((d['diff_ci_low'] > 0) | (d['diff_ci_high'] < 0)).to_numpy()
+    y = np.arange(len(d))[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(d) + 1.2))
+    for sel, colour, label in ((~resolved, 'tab:blue', 'not resolved'), (resolved, 'tab:orange', 'resolved')):
+        r = d[sel]
+        ax.errorbar(r['diff'], y[sel], xerr=[r['diff'] - r['diff_ci_low'], r['diff_ci_high'] - r['diff']], fmt='o', color=colour,
+                    capsize=2, label=label)
+    ax.axvline(0, color='k', lw=0.8, ls='--')
+    ax.set_yticks(y, [f'{a}: {s}' for a, s in zip(d['ablation'], d['setting'])], fontsize=8)
+    ax.set_xlabel("difference to the paper's settings (points, 95 % interval)")
+    ax.legend(loc='lower right', fontsize=8); plt.close(fig)
+    return fig
 
 # %% ../../nbs/14_testbed_ablations.ipynb #d4507024
 MARK = 'ABLATION_SUMMARY '
