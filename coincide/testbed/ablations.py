@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SEEDS', 'FRACTIONS', 'MARK', 'feature_subset', 'open_demo', 'feature_variant', 'cluster_variant', 'reference_variant',
            'coincide_sweep', 'budget_accounting', 'baseline_indices', 'random_draws', 'train_rows', 'with_relative',
-           'compared_with', 'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'summary_line',
-           'committed_summary', 'compare_summaries']
+           'compared_with', 'summarise_settings', 'plot_ratio_sweep', 'plot_settings', 'budget_by_source',
+           'kept_by_source', 'plot_kept_by_source', 'summary_line', 'committed_summary', 'compare_summaries']
 
 # %% ../../nbs/14_testbed_ablations.ipynb #ef512368
 import json
@@ -216,6 +216,41 @@ def plot_settings(summary:pd.DataFrame): # from `summarise_settings`: its rows c
     ax.set_yticks(y, [f'{a}: {s}' for a, s in zip(d['ablation'], d['setting'])], fontsize=8)
     ax.set_xlabel("difference to the paper's settings (points, 95 % interval)")
     ax.legend(loc='lower right', fontsize=8); plt.close(fig)
+    return fig
+
+# %% ../../nbs/14_testbed_ablations.ipynb #0756fb8a
+def budget_by_source(records:list, # the n training records (their `source`)
+                     assignments:np.ndarray, # (n,) int: the cluster of each record
+                     clusters:pd.DataFrame, # clusters.csv of a COINCIDE selection: cluster, S, P (one row per non-empty cluster)
+                    ) -> pd.DataFrame: # per source: records, pool (share of the records), P (share of the budget weights), S (mean over its records)
+    "Each source's share of the pool against its share of COINCIDE's budget weights P, and the mean S of its records' clusters."
+    c, a = clusters.set_index('cluster'), np.asarray(assignments)
+    size = pd.Series(a).value_counts()                                             # members per cluster
+    df = pd.DataFrame({'source': [r.get('source', '?') for r in records], 'S': c.S.reindex(a).to_numpy(),
+                       'P': (c.P / size.reindex(c.index)).reindex(a).to_numpy()})  # each record carries P_c / n_c
+    g = df.groupby('source')
+    return pd.DataFrame({'records': g.size(), 'pool': g.size() / len(df), 'P': g.P.sum(), 'S': g.S.mean()})
+
+# %% ../../nbs/14_testbed_ablations.ipynb #44323251
+def kept_by_source(records:list, # the n training records (their `source`)
+                   selections:dict, # fraction -> (m,) int64 selected indices
+                  ) -> pd.DataFrame: # one row per source, one column per fraction: the share of the source's records kept
+    "Share of each source's records that each selection keeps."
+    src = pd.Series([r.get('source', '?') for r in records])
+    total = src.value_counts().sort_index()
+    return pd.DataFrame({fr: src.iloc[np.asarray(idx)].value_counts().reindex(total.index, fill_value=0) / total
+                         for fr, idx in selections.items()})
+
+# %% ../../nbs/14_testbed_ablations.ipynb #9e32987b
+def plot_kept_by_source(kept:pd.DataFrame): # from `kept_by_source`
+    "Share of each source kept against the data ratio; the dashed diagonal is what Random keeps in expectation."
+    import matplotlib.pyplot as plt
+    fr = np.array(kept.columns, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for source, share in kept.iterrows(): ax.plot(fr, share.to_numpy(), marker='o', label=source)
+    ax.plot(fr, fr, 'k--', lw=0.8, label='Random (expected)')
+    ax.set_xlabel('data ratio'); ax.set_ylabel("share of the source's records kept"); ax.set_xlim(0, fr.max() * 1.05); ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc='upper left'); plt.close(fig)
     return fig
 
 # %% ../../nbs/14_testbed_ablations.ipynb #d4507024

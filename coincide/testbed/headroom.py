@@ -124,9 +124,11 @@ def greedy_in_groups(x:np.ndarray, # (n, d) the reference's features of every re
                     ) -> np.ndarray: # (sum(counts),) int64 sorted record indices
     "Greedy MMD prototypes inside each group, as many as `counts` says."
     from coincide.selection import greedy_mmd
+    order = np.argsort(groups, kind='stable')                               # (n,) records grouped, ascending within a group
+    starts = np.searchsorted(groups[order], np.arange(len(counts) + 1))     # (k + 1,) where each group begins
     picks = []
     for g in np.flatnonzero(counts):
-        members = np.flatnonzero(groups == g)                               # (n_g,)
+        members = order[starts[g]:starts[g + 1]]                            # (n_g,)
         picks.append(members[greedy_mmd(np.asarray(x[members], dtype=np.float64), int(counts[g]), sigma)])
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
 
