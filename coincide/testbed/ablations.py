@@ -219,17 +219,14 @@ def plot_settings(summary:pd.DataFrame): # from `summarise_settings`: its rows c
     return fig
 
 # %% ../../nbs/14_testbed_ablations.ipynb #0756fb8a
-def budget_by_source(records:list, # the n training records (their `source`)
-                     assignments:np.ndarray, # (n,) int: the cluster of each record
-                     clusters:pd.DataFrame, # clusters.csv of a COINCIDE selection: cluster, S, P (one row per non-empty cluster)
+def budget_by_source(table:pd.DataFrame, # from `coincide.testbed.demo.selection_diagnostics`: size, S, P and a share_<source> column per source
                     ) -> pd.DataFrame: # per source: records, pool (share of the records), P (share of the budget weights), S (mean over its records)
     "Each source's share of the pool against its share of COINCIDE's budget weights P, and the mean S of its records' clusters."
-    c, a = clusters.set_index('cluster'), np.asarray(assignments)
-    size = pd.Series(a).value_counts()                                             # members per cluster
-    df = pd.DataFrame({'source': [r.get('source', '?') for r in records], 'S': c.S.reindex(a).to_numpy(),
-                       'P': (c.P / size.reindex(c.index)).reindex(a).to_numpy()})  # each record carries P_c / n_c
-    g = df.groupby('source')
-    return pd.DataFrame({'records': g.size(), 'pool': g.size() / len(df), 'P': g.P.sum(), 'S': g.S.mean()})
+    share = table[[c for c in table.columns if c.startswith('share_')]].rename(columns=lambda c: c[6:])   # (k, sources) source mix
+    members = share.mul(table['size'], axis=0)                                  # (k, sources) records per cluster and source
+    records = members.sum()
+    return pd.DataFrame({'records': records.round().astype(int), 'pool': records / records.sum(), 'P': share.mul(table.P, axis=0).sum(),
+                         'S': members.mul(table.S, axis=0).sum() / records}).rename_axis('source')
 
 # %% ../../nbs/14_testbed_ablations.ipynb #44323251
 def kept_by_source(records:list, # the n training records (their `source`)
