@@ -16,7 +16,7 @@ prepare_environment()                                                        # p
 from coincide.core import write_manifest, atomic_write
 from coincide.testbed.headroom import (ARMS, UNITS, DESIGN_COMMIT, run_unit, unit_agreement, unit_coverage,
                                        unit_relative, comparison_diffs, holm_intervals, headroom_verdict, moving_suites,
-                                       composition_coverage, suite_differences, record_labels)
+                                       composition_coverage, suite_differences, composition_purity)
 from coincide.testbed.portable import kernel_state, testbed_versions
 
 LOW_PURITY = 0.5 # the design's threshold: composition purity at K = compositions below it is low agreement
@@ -92,10 +92,7 @@ def main(argv=None):
         if rows is not None:
             per_seed.append(rows); write_csv(pd.concat(per_seed, ignore_index=True), out/'headroom_per_seed.csv')
         print(f'unit {u} done ({time.perf_counter() - t0:.0f} s)', flush=True)
-    agree = pd.concat(agreement, ignore_index=True)
-    k_true = len(set(record_labels(demo.train, 'composition')))                # the design's K: as many clusters as compositions
-    comp = agree[(agree.label == 'composition') & (agree.records == 'all') & (agree.k == k_true)]
-    purity = float(comp.purity.mean())
+    purity = composition_purity(pd.concat(agreement, ignore_index=True))
     manifest = {'command': command, 'design_commit': DESIGN_COMMIT, 'units': args.units, 'seeds': args.seeds, 'arms': list(ARMS),
                 'composition_purity': purity, 'low_agreement': purity < LOW_PURITY, 'seconds': time.perf_counter() - t0,
                 'kernels': kernel_state(), 'testbed_versions': testbed_versions(), 'stage_keys': keys}
@@ -120,7 +117,7 @@ def main(argv=None):
         manifest |= {'verdict': verdict, 'moving_suites': moving.index[moving.moves].tolist()}
         print((out/'headroom.md').read_text())
     write_manifest(out/('headroom.json' if per_seed and design else 'agreement.json'), 'headroom', manifest, {}, seed=None)
-    print(f'agreement: composition purity at K = {k_true}, mean over {len(comp)} references: {purity:.3f}')
+    print(f'agreement: composition purity at K = compositions, mean over {len(args.units)} references: {purity:.3f}')
 
 
 if __name__ == '__main__': main()

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT/'bench'/'results'
 REPORT = ROOT/'nbs'/'16_testbed_report.ipynb'
 from coincide.testbed.demo import mean_interval, paired_difference, pooled_relative, relative_per_seed
-from coincide.testbed.headroom import comparison_diffs, holm_intervals
+from coincide.testbed.headroom import comparison_diffs, composition_purity, holm_intervals
 
 
 def cited_from(results:Path) -> dict:
@@ -21,8 +21,7 @@ def cited_from(results:Path) -> dict:
     rel = power_rows.assign(relative=relative_per_seed(power_rows, psuites.suite[psuites.scored].tolist())).pivot(index='seed', columns='method', values='relative')
     units = pd.read_csv(results/'headroom_units.csv')
     holm = holm_intervals(comparison_diffs(units)).set_index('comparison')
-    agree = pd.read_csv(results/'agreement.csv')
-    purity = agree[(agree.label == 'composition') & (agree.records == 'all') & (agree.k == agree.k.max())].purity.mean()
+    purity = composition_purity(pd.read_csv(results/'agreement.csv'))
     cal = pd.read_csv(results/'calibration.csv')
     a10, a14 = pooled_relative(cal[cal.attempt == 10]), pooled_relative(cal[cal.attempt == 14])
     drows = pd.read_csv(results/'demo_default'/'results_per_seed.csv')

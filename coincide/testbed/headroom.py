@@ -7,8 +7,8 @@ __all__ = ['LABELS', 'ARMS', 'ORACLE_ARMS', 'RANDOM_ARMS', 'COMPARISONS', 'DESIG
            'record_labels', 'single_skill', 'purity', 'cluster_agreement', 'composition_coverage', 'allocate_groups',
            'group_ids', 'greedy_in_groups', 'eval_composition_weights', 'flagged', 'clean_random', 'coverage_oracle',
            'eval_oracle', 'true_cluster_run', 'holm_intervals', 'beats', 'headroom_verdict', 'moving_suites',
-           'unit_config', 'arm_selection', 'run_unit', 'unit_agreement', 'unit_coverage', 'unit_relative',
-           'suite_differences', 'comparison_diffs']
+           'unit_config', 'arm_selection', 'run_unit', 'unit_agreement', 'unit_coverage', 'composition_purity',
+           'unit_relative', 'suite_differences', 'comparison_diffs']
 
 # %% ../../nbs/17_testbed_headroom.ipynb #a29c66f3
 import json, math
@@ -380,6 +380,14 @@ def unit_coverage(demo, # `Demo` after `run_unit`
     return pd.concat([composition_coverage(arm_selection(demo, a, 0), demo.train).reset_index().assign(unit=demo.cfg.reference_seed, arm=a)
                       for a in arms], ignore_index=True)
 
+
+# %% ../../nbs/17_testbed_headroom.ipynb #58786824
+def composition_purity(agreement:pd.DataFrame, # `unit_agreement` rows of any number of units (bench/results/agreement.csv)
+                      ) -> float: # mean over the references
+    "The design's agreement measure: the composition purity of all records at K = the number of compositions."
+    at = agreement[(agreement.label == 'composition') & (agreement.records == 'all') & (agreement.k == agreement.labels)]
+    if at.empty: raise CoincideError("no composition row clustered at K = compositions: `unit_agreement` writes it with the coincide-k arm")
+    return float(at.purity.mean())
 
 # %% ../../nbs/17_testbed_headroom.ipynb #3f27b642
 def unit_relative(per_seed:pd.DataFrame, # `run_unit` rows of any number of units
