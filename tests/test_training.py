@@ -8,7 +8,7 @@ from coincide.model_scores import encode_example, answer_mask
 from coincide.testbed.models import train_tokenizer, record_texts, build_processor, build_tiny_llava
 from coincide.testbed.training import (encode_records, encode_suites, collate, answer_loss, TrainConfig, train_vlm, generate_answers,
                                evaluate_vlm, relative_performance)
-from coincide.testbed.scoring import normalize_answer, is_correct
+from coincide.testbed.scoring import normalize_answer, is_correct, reference_answer
 
 
 @pytest.fixture(scope='module')
@@ -103,8 +103,23 @@ def test_evaluate_table(bench):
     m, _ = _train(proc, enc, 0)
     suites = {s: load_records(d/'eval'/f'{s}.json') for s in ('colour_recog', 'text_qa')}
     chance = {s: benchmark_meta(d)['suites'][s]['chance'] for s in suites}
-    tab = evaluate_vlm(m, proc, encode_suites(proc, suites, d), suites, chance)
-    assert list(tab.index) == ['colour_recog', 'text_qa'] and (tab.n == 8).all() and tab.accuracy.between(0, 1).all()
+    enc_suites = encode_suites(proc, suites, d)
+    tab = evaluate_vlm(m, proc, enc_suites, suites, chance)
+    assert list(tab.index) == ['colour_recog', 'text_qa'] and (tab.n == 8).all() and tab.chance.to_dict() == chance
+    for s in suites:                                                # each answer is scored against its own record
+        hits = [is_correct(p, r) for p, r in zip(generate_answers(m, proc, enc_suites[s]), suites[s])]
+        assert tab.accuracy[s] == np.mean(hits)
+
+
+def test_evaluate_scores_each_answer_against_its_own_record(bench, monkeypatch):
+    import coincide.testbed.training as training
+    d, recs, proc, enc = bench
+    suites = {s: load_records(d/'eval'/f'{s}.json') for s in ('colour_recog', 'text_qa')}
+    enc_suites = encode_suites(proc, suites, d)
+    answers = {id(enc_suites[s]): [reference_answer(r) if i % 2 == 0 else 'zzz' for i, r in enumerate(suites[s])] for s in suites}
+    monkeypatch.setattr(training, 'generate_answers', lambda model, processor, enc, *a: answers[id(enc)])   # every other answer right
+    tab = evaluate_vlm(None, proc, enc_suites, suites)
+    assert tab.accuracy.to_dict() == {'colour_recog': 0.5, 'text_qa': 0.5} and tab.chance.isna().all()
 
 
 @pytest.mark.parametrize('pred,ref,ok', [('Red.', 'red', True), ('the red', 'red', True), ('  RED  square ', 'red square', True),
@@ -159,10 +174,18 @@ def test_train_and_demo_take_a_device(cli, tmp_path):
     assert res.returncode == 2 and 'run `coincide demo` first' in res.stderr, res.stderr
 
 
-def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path):
+def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path, monkeypatch):
     from coincide.testbed.training import setup_benchmark, pretrain_target, finetune, TrainConfig
+    import coincide.testbed.training as training
     setup = setup_benchmark(bench[0], vocab_size=200)
     assert setup.pretrain is not None and len(setup.pretrain) == 32 and (setup.pretrain.image_index >= 0).any()   # grounded: images and questions
+    trained_on, train_vlm = [], training.train_vlm
+    def recording(model, enc, *a, **k): trained_on.append(enc.ids); return train_vlm(model, enc, *a, **k)
+    monkeypatch.setattr(training, 'train_vlm', recording)
     pretrain_target(setup, tmp_path/'pre', 'test', device='cpu')
+    ids = trained_on[0]                                             # stage 1: the captions, then the pretraining pool
+    assert len(ids) == len(setup.captions) + len(setup.pretrain)
+    assert all(torch.equal(a, b) for a, b in zip(ids, list(setup.captions.ids) + list(setup.pretrain.ids)))
+    monkeypatch.undo()
     a, b = (finetune(setup, tmp_path/'pre', np.arange(8), TrainConfig(epochs=1, batch_size=4), seed=s, device='cpu') for s in (0, 1))
     assert not _same(a, b)                                          # the seed changes stage 2's data order
