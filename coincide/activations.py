@@ -6,15 +6,15 @@
 __all__ = ['PAPER_LAYERS', 'NUM_WORKERS', 'resolve_dtype', 'load_reference', 'decoder_layers', 'attention_projections',
            'image_token_id', 'render_prompt', 'conversation_mask', 'plan_batches', 'RecordPrompts', 'ProcessBatch',
            'torch_where_sum', 'AttentionPooler', 'pooled_means', 'paper_features', 'feature_layout', 'batch_features',
-           'parse_shard', 'check_extract_params', 'open_part', 'merge_parts', 'extract_shard', 'extract',
-           'extract_args', 'extract_main']
+           'parse_shard', 'check_extract_params', 'open_part', 'merge_parts', 'extract_shard', 'require_no_images',
+           'extract', 'extract_args', 'extract_main']
 
 # %% ../nbs/02_activations.ipynb #526270b1
 import json, os, shutil, sys
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .core import CoincideError, now_iso, pick_device, save_json, sha256_file, write_manifest
+from .core import CoincideError, check_out_dir, now_iso, pick_device, save_json, sha256_file, write_manifest
 from .data import IMAGE_TOKEN, load_records, open_image, validate_records
 
 # %% ../nbs/02_activations.ipynb #73fe222a
@@ -453,6 +453,17 @@ def _finish(out:Path, params:dict, data, layers:list, dim:int, n_records:int, st
                                'records with an empty conversation span: zero text blocks, whole row rescaled to unit norm'])
     shutil.rmtree(out/'parts', ignore_errors=True)
 
+# %% ../nbs/02_activations.ipynb #2b48a87c
+def require_no_images(records:list, # records from `load_records`
+                      data:str|Path, # their file, for the message
+                     ):
+    "Refuse, before a model loads or a file is written, records with images when no image folder was given."
+    with_image = [i for i, r in enumerate(records) if r.get('image') is not None]
+    if with_image:
+        first = records[with_image[0]]
+        raise CoincideError(f"{data}: {len(with_image)} records have images (the first is record {with_image[0]}, id {first.get('id')!r}) "
+                            "but no image folder was given: pass the folder their paths are relative to (--images)")
+
 # %% ../nbs/02_activations.ipynb #e0f0c2c8
 def extract(data:str|Path, # LLaVA JSON / JSONL records
             images:str|Path|None, # the image folder the records' image paths are relative to
@@ -468,9 +479,11 @@ def extract(data:str|Path, # LLaVA JSON / JSONL records
             merge_only:bool=False, # only assemble finished shard parts
            ) -> Path|None: # RUN/embeddings.npy, or None while other shards are unfinished
     "Paper-mode COINCIDE features of every record, written to `out` (resumable, shardable)."
-    started, out, layers = now_iso(), Path(out), [int(l) for l in layers]
+    started, out, layers = now_iso(), check_out_dir(out), [int(l) for l in layers]
+    if num_workers < 0: raise CoincideError(f"--num-workers {num_workers}: pass 0 (decode in this process) or a positive count")
     records = load_records(data)
     validate_records(records, images, strict=True, source=str(data))
+    if images is None: require_no_images(records, data)
     (i, n) = parse_shard(shard)
     dev = _rank_device(device); dt = resolve_dtype(dtype, dev)
     vlm, processor, name = _load(model, dev, dt, trust_remote_code)

@@ -21,7 +21,7 @@ from .clustering import spherical_kmeans
 from .selection import save_selection
 from .activations import load_reference
 from .model_scores import (scores_path, save_scores, load_scores, cached_scores, compute_reference_scores,
-                                   compute_clip_scores, RecordLosses)
+                                   compute_clip_scores, RecordLosses, _how_to)
 
 # %% ../nbs/06_baselines.ipynb #81e21cab
 KEEPS = ('bottom', 'middle', 'top')
@@ -74,12 +74,16 @@ def stratified_random(labels:list, # (n,) the stratum of each record (strings or
 # %% ../nbs/06_baselines.ipynb #c285e5bd
 def record_field(records:list, # LLaVA records
                  field:str, # 'source' (record_source), 'task' (record_task), or any key of the records
+                 source:str='the records', # where the records came from (their file), for messages
                 ) -> list: # one string per record
-    "The value of `field` for every record, for stratified sampling; a record without it raises `CoincideError`."
+    "The value of `field` for every record, for stratified sampling; a record that is not an object or lacks it raises `CoincideError`."
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None: raise CoincideError(f"{source}: record {bad} is {type(records[bad]).__name__} {records[bad]!r:.60}, not a JSON object; "
+                                            f"fix or remove it (coincide check-data --data {source} lists every bad record)")
     get = {'source': record_source, 'task': record_task}.get(field, lambda r: r.get(field))
     vals = [get(r) for r in records]
     missing = [i for i, v in enumerate(vals) if v is None]
-    if missing: raise CoincideError(f"record {missing[0]} (id {records[missing[0]].get('id')!r}) has no {field!r}; "
+    if missing: raise CoincideError(f"{source}: record {missing[0]} (id {records[missing[0]].get('id')!r}) has no {field!r}; "
                                     f"{len(missing)} records lack it: pass --stratify with a field every record has")
     return [str(v) for v in vals]
 
@@ -89,10 +93,11 @@ def kmeans_clusters(emb:np.ndarray, # (n, d) embeddings (normalised here)
                     seed:int=1234, # seeds k-means
                     niter:int=50, # k-means iterations
                     backend:str='faiss', # 'faiss' (the paper's) or 'torch' (on the CPU; pinned by portable kernels)
+                    source:str='embeddings', # how to name `emb` in messages (e.g. its file)
                    ) -> np.ndarray: # (n, 2) float64: column 0 the cluster id, column 1 the cosine distance to its centroid
     "Spherical k-means of the embeddings: each record's cluster and its distance to the centroid (SemDeDup and Self-Sup share it)."
     x = l2_normalize(np.asarray(emb, dtype=np.float32))
-    cent, assign = spherical_kmeans(x, n_clusters, niter=niter, seed=seed, backend=backend, device='cpu' if backend == 'torch' else None)
+    cent, assign = spherical_kmeans(x, n_clusters, niter=niter, seed=seed, backend=backend, device='cpu' if backend == 'torch' else None, source=source)
     return np.stack([assign.astype(np.float64), 1 - np.einsum('nd,nd->n', x, cent[assign]).astype(np.float64)], 1)
 
 # %% ../nbs/06_baselines.ipynb #e3e283b6
@@ -138,7 +143,7 @@ def semdedup_select(emb:np.ndarray, # (n, d) last-token embeddings (normalised h
                    ) -> np.ndarray: # (k,) int64 sorted
     "SemDeDup to exactly `k` records: bisection on eps, then deterministic truncation."
     x = l2_normalize(np.asarray(emb, dtype=np.float32))
-    kc = n_clusters or math.ceil(len(x) / 66)
+    kc = math.ceil(len(x) / 66) if n_clusters is None else n_clusters
     orders = _cluster_orders(kmeans_clusters(x, kc, seed, niter) if clusters is None else clusters)
     sims = [x[o] @ x[o].T for o in orders]                                   # per cluster (m, m)
     lo, hi = 0.0, 2.0                                                        # kept(lo) >= k; kept(hi) = one per cluster
@@ -296,10 +301,17 @@ BASELINES = {
 DEFAULT_KEEP = {'clip-score': 'top', 'el2n': 'top', 'perplexity': 'middle', 'self-sup': 'top', 'd2-pruning': 'bottom'}
 
 # %% ../nbs/06_baselines.ipynb #8f889bff
-def _records_count(run:Path, n:int|None) -> int:
-    "The number of records: given, or the rows of the run's embeddings or of any cached score."
+def _records_count(run:Path, # the run folder
+                   n:int|None, # the number of records given (None: none were)
+                   data=None, # the records' file, for messages
+                  ) -> int:
+    "The number of records: given (it must equal the rows of the run's embeddings.npy), or the rows of the embeddings or of any cached score."
+    emb = run/'embeddings.npy'
+    if n is not None and emb.is_file() and len(load_npy(emb)) != n:
+        raise CoincideError(f"{data or 'the records'}: {n} records but {emb} has {len(load_npy(emb))} rows; "
+                            "pass the records the run was extracted from (or a run folder extracted from these records)")
     if n is not None: return n
-    for p in [run/'embeddings.npy', *sorted((run/'scores').glob('*.npy'))]:
+    for p in [emb, *sorted((run/'scores').glob('*.npy'))]:
         if p.is_file(): return len(load_npy(p))
     raise CoincideError(f"{run}: cannot tell how many records there are (no embeddings.npy, no scores/*.npy): pass the records with --data")
 
@@ -310,18 +322,44 @@ def _score_baseline(run, k, n, name, keep, **_):
     return rank_keep(s, k, keep), {'score': name}, {name: scores_path(run, name)}
 
 # %% ../nbs/06_baselines.ipynb #20ee1e6b
-def _random_baseline(run, k, n, seed, records=None, stratify=None, **_):
+def _random_baseline(run, k, n, seed, records=None, stratify=None, data=None, **_):
     "Uniform or stratified random."
     if stratify is None: return random_select(n, k, seed), {'stratify': None}, {}
     if records is None: raise CoincideError(f"--stratify {stratify} needs the records: pass --data RECORDS.json")
-    return stratified_random(record_field(records, stratify), k, seed), {'stratify': stratify}, {}
+    return stratified_random(record_field(records, stratify, data or 'the records'), k, seed), {'stratify': stratify}, {}
+
+# %% ../nbs/06_baselines.ipynb #b2b6e8ef
+def _cluster_count(n_clusters:int|None, # --clusters as given (None: omitted)
+                   n:int, # the number of records
+                  ) -> int:
+    "The k-means cluster count: `--clusters` (a positive integer at most N) or, when omitted, the paper's ceil(N / 66)."
+    default = math.ceil(n / 66)
+    if n_clusters is None: return default
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise CoincideError(f"--clusters {n_clusters}: the number of k-means clusters must be a positive integer; omit it for the default ceil(N / 66) = {default}")
+    if n_clusters > n:
+        raise CoincideError(f"--clusters {n_clusters} is larger than the number of records ({n}): lower --clusters (default ceil(N / 66) = {default})")
+    return int(n_clusters)
+
+# %% ../nbs/06_baselines.ipynb #08ca4e6d
+def _check_directions(emb:np.ndarray, # (n, H) cached embeddings
+                      run:Path, # the run folder
+                      embedding:str, # their name, e.g. 'emb_last'
+                     ):
+    "Raise `CoincideError` naming the file if a record's embedding is all zeros: spherical k-means needs a direction for each."
+    for i0 in range(0, len(emb), 65536):                                      # in blocks: embeddings can be big
+        zero = ~np.asarray(emb[i0:i0 + 65536]).any(1)                         # (c,) bool
+        if zero.any(): raise CoincideError(f"{scores_path(run, embedding)}: record {i0 + int(zero.argmax())} has an all-zero embedding; k-means needs a "
+                                           f"direction for every record: delete the file and compute it again: {_how_to(embedding)}")
 
 # %% ../nbs/06_baselines.ipynb #37d4078a
 def _kmeans_cached(run, n, seed, n_clusters=None, embedding='emb_last', kmeans_backend='faiss') -> tuple:
     "The embeddings and their k-means clusters, computed once per (embedding, K, seed) in RUN/scores/kmeans_<embedding>.npy."
-    emb = load_scores(run, embedding, n); kc = n_clusters or math.ceil(n / 66)
+    kc = _cluster_count(n_clusters, n)
+    emb = load_scores(run, embedding, n, ndim=2); _check_directions(emb, run, embedding)
     p = {'embedding': embedding, 'n_clusters': kc, 'seed': seed, 'niter': 50, 'n': n, 'kmeans_backend': kmeans_backend}
-    cl = cached_scores(run, f'kmeans_{embedding}', p, lambda: kmeans_clusters(emb, kc, seed, backend=kmeans_backend), {embedding: scores_path(run, embedding)})
+    src = scores_path(run, embedding)
+    cl = cached_scores(run, f'kmeans_{embedding}', p, lambda: kmeans_clusters(emb, kc, seed, backend=kmeans_backend, source=str(src)), {embedding: src})
     return emb, cl, p
 
 # %% ../nbs/06_baselines.ipynb #cab45ecb
@@ -351,7 +389,7 @@ def _self_sup_baseline(run, k, n, seed, keep, n_clusters=None, embedding='emb_la
 def _self_filter_baseline(run, k, n, n_neighbors=10, gamma=1.0, embedding='emb_mean', device=None, knn_backend='faiss', **_):
     "Self-Filter stage 2 on the cached difficulties and embeddings."
     d = load_scores(run, 'self_filter', n)
-    idx = self_filter_select(d, load_scores(run, embedding, n), k, n_neighbors, gamma, device=device, knn_backend=knn_backend)
+    idx = self_filter_select(d, load_scores(run, embedding, n, ndim=2), k, n_neighbors, gamma, device=device, knn_backend=knn_backend)
     return idx, {'embedding': embedding, 'n_neighbors': n_neighbors, 'gamma': gamma, 'knn_backend': knn_backend}, \
            {'self_filter': scores_path(run, 'self_filter'), embedding: scores_path(run, embedding)}
 
@@ -369,7 +407,7 @@ def select_baseline(name:str, # one of `BASELINES`
                     n:int, # the number of records
                     seed:int=0, # seeds random and k-means
                     keep:str|None=None, # bottom, middle or top of the ranking (None: the baseline's default)
-                    **opts, # records, stratify, n_clusters, n_neighbors, gamma, embedding, kmeans_backend, knn_backend
+                    **opts, # records, data (their file), stratify, n_clusters, n_neighbors, gamma, embedding, kmeans_backend, knn_backend
                    ) -> tuple: # ((k,) int64 sorted indices, params dict, inputs dict name -> file)
     "Run baseline `name` on a run folder's cached scores for a budget of `k` of `n` records."
     if name not in BASELINES: raise CoincideError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}")
@@ -393,9 +431,9 @@ def run_baseline(name:str, # one of `BASELINES`
                 ) -> Path: # the output folder
     "Select `floor(fraction * N)` records with baseline `name` and write indices.npy, manifest.json (and subset.json)."
     started, run = now_iso(), Path(run)
-    n = _records_count(run, None if records is None else len(records))
+    n = _records_count(run, None if records is None else len(records), data)
     k = budget_size(n, fraction)
-    idx, params, inputs = select_baseline(name, run, k, n, seed=seed, keep=keep, records=records, **opts)
+    idx, params, inputs = select_baseline(name, run, k, n, seed=seed, keep=keep, records=records, data=data, **opts)
     out = Path(out) if out else run/'baselines'/f"{name}-{fraction:g}{'-' + params['keep'] if params.get('keep') else ''}"
     if data is not None: inputs = {'data': Path(data), **inputs}
     return save_selection(out, idx, 'baseline', {**params, 'fraction': fraction, 'n_records': n}, inputs, seed=seed, records=records, started=started)

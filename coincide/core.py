@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['BUDGET_MODES', 'CoincideError', 'seed_everything', 'pick_device', 'l2_normalize', 'budget_size', 'remove_stale_parts',
-           'atomic_write', 'save_npy', 'save_json', 'load_npy', 'sha256_file', 'library_versions', 'now_iso',
-           'write_manifest']
+           'atomic_write', 'check_out_dir', 'save_npy', 'save_json', 'load_npy', 'sha256_file', 'library_versions',
+           'now_iso', 'write_manifest']
 
 # %% ../nbs/00_core.ipynb #b0665d46
 import contextlib, datetime, glob, hashlib, json, math, os, platform, random, tempfile
@@ -31,7 +31,8 @@ def pick_device(device:str|None=None): # 'cpu', 'cuda', 'cuda:1', or None for th
     "The torch device to use: `device` if given (checked), else cuda when available, else cpu."
     import torch
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
+    try: dev = torch.device(device)
+    except RuntimeError: raise CoincideError(f"device {device!r} is not a torch device: pass --device cpu, cuda or cuda:N") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise CoincideError(f"device {device!r} was asked for but torch sees no CUDA GPU: pass --device cpu")
     return dev
@@ -56,6 +57,7 @@ def budget_size(n:int, # number of records
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or math.isnan(fraction) or not 0 < fraction <= 1:
         raise CoincideError(f"fraction {fraction!r} is outside (0, 1]: pass e.g. --fraction 0.2 to keep 20 %")
     if mode not in BUDGET_MODES: raise CoincideError(f"budget mode {mode!r} is not one of {BUDGET_MODES}")
+    if n < 1: raise CoincideError("there are no records to select from: check that the data and run folder hold some")
     k = math.floor(Fraction(repr(float(fraction))) * n) if mode == 'exact' else int(fraction * n)
     if k < 1: raise CoincideError(f"fraction {fraction} of {n} records keeps none: pass a fraction of at least {1/n:.3g}")
     return k
@@ -96,6 +98,16 @@ def atomic_write(path:str|Path, # the final file
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #a0fac4da
+def check_out_dir(path:str|Path, # an output folder, existing or not
+                  option:str='--out', # the option that named it, for messages
+                 ) -> Path:
+    "`path` as a `Path`, or `CoincideError` if it or a folder above it is a file."
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None: raise CoincideError(f"{option} {path}: {blocker} is a file, not a folder; give a folder to write into")
+    return path
+
 # %% ../nbs/00_core.ipynb #d806d704
 def save_npy(path:str|Path, # the .npy file to write
              arr:np.ndarray, # any shape, plain numeric dtype
@@ -126,7 +138,7 @@ def load_npy(path:str|Path, # a .npy file written by numpy
     path = Path(path)
     if not path.is_file(): raise CoincideError(f"{path}: file not found")
     try: arr = np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError) as e:
         raise CoincideError(f"{path}: not a valid .npy array ({e}); the file is truncated or was not written by numpy: write it again") from None
     except OSError as e:
         raise CoincideError(f"{path}: cannot be read as .npy ({e}): write it again") from None

@@ -27,6 +27,7 @@ def _line_col(text:str, pos:int) -> tuple:
 # %% ../nbs/01_data.ipynb #d5032002
 def _read_text(path:Path) -> str:
     "The UTF-8 text of `path`; non-UTF-8 bytes raise `CoincideError` with their line and column."
+    if path.is_dir(): raise CoincideError(f"{path}: is a folder; pass the records file itself, e.g. {path/'train.json'}")
     if not path.is_file(): raise CoincideError(f"{path}: file not found")
     raw = path.read_bytes()
     try: return raw.decode('utf-8-sig')
@@ -41,10 +42,17 @@ def load_records(path:str|Path, # a LLaVA JSON list, or JSON Lines (one record p
     "Load LLaVA-format records from a JSON list or a JSON Lines file."
     path = Path(path)
     text = _read_text(path)
-    if path.suffix == '.jsonl': return _parse_jsonl(path, text)
+    data = _parse_jsonl(path, text) if path.suffix == '.jsonl' else _parse_json_list(path, text)
+    if not data: raise CoincideError(f"{path}: holds no records; a LLaVA file lists at least one")
+    return data
+
+# %% ../nbs/01_data.ipynb #1f595e41
+def _parse_json_list(path:Path, text:str) -> list:
+    "Parse one JSON document that must be a list of records."
     try: data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CoincideError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
+        hint = "; it holds several JSON values: for one record per line, name the file .jsonl" if e.msg == 'Extra data' else ''
+        raise CoincideError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg}){hint}") from None
     if not isinstance(data, list):
         raise CoincideError(f"{path}: expected a JSON list of records, found a {type(data).__name__}; "
                             "LLaVA data is a list [{...}, {...}] (use .jsonl for one record per line)")
@@ -59,6 +67,8 @@ def _parse_jsonl(path:Path, text:str) -> list:
         try: records.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise CoincideError(f"{path}: line {i}, column {e.colno}: malformed JSON ({e.msg})") from None
+        if isinstance(records[-1], list):
+            raise CoincideError(f"{path}: line {i} is a JSON list; a .jsonl file holds one record per line: name a JSON list .json")
     return records
 
 # %% ../nbs/01_data.ipynb #18d7eb85
@@ -162,6 +172,8 @@ def validate_records(records:list, # records from `load_records`
                      source:str='records', # the file name, for messages
                     ) -> tuple: # (good records, list of `BadRecord`)
     "Check every record; return the good ones and a report of the bad ones."
+    if images_dir is not None and not Path(images_dir).resolve().is_dir():      # resolved as `resolve_image` resolves it
+        raise CoincideError(f"{images_dir}: image folder not found; pass the folder the records' image paths are relative to (--images)")
     good, bad, seen = [], [], {}
     for i, rec in enumerate(tqdm(records, desc='checking records', disable=not decode, unit='rec')):
         problems = record_problems(rec, images_dir, decode)
@@ -242,7 +254,8 @@ def check_indices(indices, # selected record indices
     "Sorted int64 indices, checked to be integers in [0, n) without duplicates."
     idx = np.asarray(indices)
     if idx.size and not np.issubdtype(idx.dtype, np.integer): raise CoincideError(f"indices must be integers, found {idx.dtype}")
-    idx = np.sort(idx.astype(np.int64).ravel())
+    if idx.ndim != 1: raise CoincideError(f"indices must be a flat list, found shape {idx.shape}")
+    idx = np.sort(idx.astype(np.int64))
     if idx.size and (idx[0] < 0 or idx[-1] >= n): raise CoincideError(f"index {idx[0] if idx[0] < 0 else idx[-1]} is out of range for {n} records")
     if np.any(idx[1:] == idx[:-1]): raise CoincideError(f"index {idx[1:][idx[1:] == idx[:-1]][0]} is selected twice")
     return idx

@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'SETTINGS', 'greedy_distinct', 'greedy_mmd', 'softmax_weights', 'allocate_paper', 'top_up',
-           'allocate_budget', 'check_selection_params', 'open_run', 'cluster_table', 'early_guess', 'density_pass',
-           'greedy_pass', 'map_clusters', 'auto_workers', 'select_sweep', 'select_coincide', 'save_selection',
-           'coincide_params', 'save_coincide_selection', 'select_args', 'select_main', 'plot_budget']
+           'allocate_budget', 'check_selection_params', 'check_unit_rows', 'open_run', 'cluster_table', 'early_guess',
+           'density_pass', 'greedy_pass', 'map_clusters', 'auto_workers', 'select_sweep', 'select_coincide',
+           'save_selection', 'coincide_params', 'save_coincide_selection', 'select_args', 'select_main', 'plot_budget']
 
 # %% ../nbs/05_selection.ipynb #2f0c02ec
 import csv, inspect, io, math, os, sys
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .core import CoincideError, atomic_write, budget_size, load_npy, now_iso, save_npy, write_manifest
+from .core import CoincideError, atomic_write, budget_size, check_out_dir, load_npy, now_iso, pick_device, save_npy, write_manifest
 from .data import check_indices, load_records, write_subset
 from .kernels import (ClusterRows, cluster_index, density_sums, gaussian_kernel, is_tensor, kernel_row_buffer, on_device,
                               sq_norms, to_numpy, unique_rows, weighted_row_sums)
@@ -303,6 +303,21 @@ def check_selection_params(fraction:float, # budget as a fraction of N
     if not (math.isfinite(tau) and tau > 0): raise CoincideError(f"--tau must be > 0, got {tau}")
     if not (math.isfinite(sigma) and sigma > 0): raise CoincideError(f"--sigma must be > 0, got {sigma}")
 
+# %% ../nbs/05_selection.ipynb #3dcd32be
+def check_unit_rows(emb:np.ndarray, # (N, D) embeddings, e.g. a memory map
+                    path:str|Path, # their file, for messages
+                    sample:int=1024, # rows checked, evenly spread over the file
+                    tol:float=1e-2, # allowed deviation of a row norm from 1
+                   ):
+    "Raise `CoincideError` unless `emb` holds floats and a spread sample of its rows has unit norm, as the kernels assume."
+    if not np.issubdtype(emb.dtype, np.floating):
+        raise CoincideError(f"{path}: holds {emb.dtype} values, expected float16 or float32 activations: write it again with `coincide extract`")
+    rows = np.unique(np.linspace(0, len(emb) - 1, min(sample, len(emb))).astype(np.int64))      # (<= sample,)
+    norms = np.linalg.norm(np.asarray(emb[rows], np.float64), axis=1)                           # (<= sample,)
+    off = np.abs(norms - 1) > tol                                                                 # NaN rows pass here: the reader names them
+    if off.any(): raise CoincideError(f"{path}: row {rows[off.argmax()]} has norm {norms[off.argmax()]:.4g}, expected 1; "
+                                      "COINCIDE's kernels need unit-norm rows: L2-normalise them (coincide.core.l2_normalize) or extract again")
+
 # %% ../nbs/05_selection.ipynb #6f40995a
 def open_run(run_dir:str|Path, # the run folder
             ) -> dict: # paths, emb (memory map), blocks, centroids, assignments
@@ -315,6 +330,7 @@ def open_run(run_dir:str|Path, # the run folder
             raise CoincideError(f"{run/name}: file not found; run {step} first")
     emb, cen, a = load_npy(run/'embeddings.npy'), load_npy(run/'centroids.npy'), load_npy(run/'assignments.npy', mmap=False)
     if emb.ndim != 2: raise CoincideError(f"{run/'embeddings.npy'}: expected an N x D matrix, found shape {emb.shape}")
+    check_unit_rows(emb, run/'embeddings.npy')
     if cen.ndim != 2 or len(cen) == 0: raise CoincideError(f"{run/'centroids.npy'}: expected a K x D matrix, found shape {cen.shape}")
     if cen.shape[1] != emb.shape[1]:
         raise CoincideError(f"{run/'centroids.npy'}: centroids have {cen.shape[1]} columns but the embeddings have {emb.shape[1]}; "
@@ -460,6 +476,7 @@ def select_sweep(run_dir:str|Path, # run folder with embeddings, layout, centroi
     if density_mode not in ('paper', 'off'): raise CoincideError(f"unknown density mode {density_mode!r}: use paper or off")
     if transfer == 'knn' and knn < 1: raise CoincideError(f"--knn must be >= 1, got {knn}")
     if workers is not None and workers < 1: raise CoincideError(f"--workers must be >= 1, got {workers}")
+    if device is not None: pick_device(device)
     run = open_run(run_dir)
     K, N = len(run['centroids']), run['n']
     workers = workers or auto_workers(N)
@@ -531,10 +548,13 @@ def save_selection(out_dir:str|Path, # the output folder
                    table=None, # per-cluster table (DataFrame or dict of columns): DIR/clusters.csv
                    started:str|None=None, # start time from `now_iso()`
                   ) -> Path: # the output folder
-    "Write indices.npy, optional subset.json and clusters.csv, and manifest.json; return the folder."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    "Write indices.npy, optional subset.json and clusters.csv, and manifest.json; return the folder (an earlier selection's subset.json or clusters.csv that this one does not write is removed)."
+    out = check_out_dir(out_dir)
     n = len(records) if records is not None else params.get('n_records', np.iinfo(np.int64).max)
     idx = check_indices(indices, n)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, written in (('subset.json', records is not None), ('clusters.csv', table is not None)):
+        if not written: (out/name).unlink(missing_ok=True)
     save_npy(out/'indices.npy', idx)
     outputs = {'indices': out/'indices.npy'}
     if records is not None: outputs['subset'] = write_subset(records, idx, out/'subset.json')
@@ -612,6 +632,7 @@ def select_main(args, # parsed arguments from `select_args`
     if (args.fraction is None) == (args.fractions is None): raise CoincideError("give either --fraction F or --fractions F1 F2 ...")
     fractions = [args.fraction] if args.fractions is None else list(dict.fromkeys(args.fractions))
     for fr in fractions: check_selection_params(fr, args.tau, args.sigma)
+    for out in _out_dirs(args).values(): check_out_dir(out)
     records = load_records(args.data) if args.data else None
     if records is not None and len(records) != open_run(args.run)['n']:
         raise CoincideError(f"{args.data}: {len(records)} records but the run has {open_run(args.run)['n']} embedding rows; "

@@ -1,5 +1,5 @@
 """Shared pytest set-up: offline hub, portable kernels, the `slow` marker, and a runner for the `coincide` CLI."""
-import os, subprocess, sys
+import contextlib, io, os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -34,3 +34,21 @@ def run_cli(*args, timeout=600, **kw):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def run_main(*args):
+    """Run `coincide ARGS...` through `coincide.cli.main` in this process (no interpreter to start: for the many
+    variants of one bad input; `run_cli` checks the installed command itself); returns a CompletedProcess."""
+    import torch
+    from coincide.cli import main
+    out, err, onednn = io.StringIO(), io.StringIO(), torch.backends.mkldnn.enabled
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code          # argparse's usage errors
+        finally: torch.backends.mkldnn.enabled = onednn  # `coincide train` pins portable kernels: the next test finds them as they were
+    return subprocess.CompletedProcess(['coincide', *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli_in_process():
+    return run_main

@@ -100,6 +100,30 @@ def case_select_before_cluster(tmp):
 def case_verify_nothing(tmp):
     return ['verify', tmp]
 
+def case_no_records(tmp):
+    return ['check-data', '--data', _records(tmp, [])]
+
+def case_folder_as_data(tmp):
+    return ['check-data', '--data', tmp]
+
+def case_missing_image_folder(tmp):
+    return ['check-data', '--data', _records(tmp, [GOOD]), '--images', tmp/'no-such-folder']
+
+def case_empty_npy(tmp):
+    run = _run(tmp); (run/'assignments.npy').write_bytes(b''); return ['select', run, '--fraction', 0.2]
+
+def case_unnormalised(tmp):
+    return ['select', _run(tmp, emb=lambda x: 50 * x), '--fraction', 0.2]
+
+def case_out_is_a_file(tmp):
+    run = _run(tmp); (tmp/'taken').write_text('notes'); return ['select', run, '--fraction', 0.2, '--out', tmp/'taken']
+
+def case_unknown_device(tmp):
+    return ['select', _run(tmp), '--fraction', 0.2, '--device', 'gpu']
+
+def case_damaged_manifest(tmp):
+    (tmp/'manifest.json').write_text(json.dumps({'stage': 'select', 'params': None})); return ['verify', tmp]
+
 
 # (input, case, message fragment that must appear on stderr or stdout)
 CASES = [
@@ -121,6 +145,14 @@ CASES = [
     ('assignment outside the centroids', case_assignment_out_of_range, 'assignments.npy'),
     ('select before cluster', case_select_before_cluster, 'coincide cluster'),
     ('verify on a folder without manifest', case_verify_nothing, 'no manifest.json'),
+    ('a file with no records', case_no_records, 'holds no records'),
+    ('a folder given as the records file', case_folder_as_data, 'is a folder; pass the records file itself'),
+    ('missing image folder', case_missing_image_folder, 'no-such-folder: image folder not found'),
+    ('empty .npy', case_empty_npy, 'assignments.npy: not a valid .npy array'),
+    ('activations not L2-normalised', case_unnormalised, 'has norm 50'),
+    ('output folder that is a file', case_out_is_a_file, 'is a file, not a folder'),
+    ('unknown device', case_unknown_device, "'gpu' is not a torch device"),
+    ('damaged manifest', case_damaged_manifest, "a damaged manifest (its 'params' is a NoneType"),
 ]
 
 

@@ -262,3 +262,58 @@ def test_a_model_trained_on_some_answers_ranks_them_easy(tmp_path, world):
     for name in ('el2n', 'perplexity'):
         out = run_baseline(name, run, 0.28, out=run/name, keep='bottom')                  # floor(0.28 * 36) = 10
         assert set(indices(out)) == set(learnt), name
+
+
+def planted_run(root, n=40):
+    "A run folder of `n` records without a model: embeddings.npy, el2n and unit-norm emb_last planted."
+    run = root/'run'; (run/'scores').mkdir(parents=True); g = np.random.default_rng(0)
+    np.save(run/'embeddings.npy', np.ones((n, 4), np.float32))
+    save_scores(run, 'el2n', g.random(n).astype(np.float32), {'planted': True})
+    emb = g.standard_normal((n, 8)).astype(np.float32)
+    save_scores(run, 'emb_last', emb / np.linalg.norm(emb, axis=1, keepdims=True), {'planted': True})
+    return run
+
+
+def write_records(root, recs):
+    "The records as a LLaVA JSON file recs.json under `root`."
+    (root/'recs.json').write_text(json.dumps(recs)); return root/'recs.json'
+
+
+RECS = make_records() + make_records()[:4]                                         # 40 records, one per row of `planted_run`
+
+
+@pytest.mark.parametrize('spoil, args, messages', [
+    (lambda run, root: write_records(root, RECS[:39]), ['random', '--fraction', '0.2', '--data', 'DATA'],
+     ['recs.json: 39 records but', 'embeddings.npy has 40 rows', 'pass the records the run was extracted from']),
+    (lambda run, root: write_records(root, RECS[:5] + [7] + RECS[6:]), ['random', '--fraction', '0.2', '--data', 'DATA', '--stratify', 'source'],
+     ['recs.json: record 5 is int 7, not a JSON object']),
+    (lambda run, root: save_scores(run, 'el2n', np.zeros((40, 3), np.float32), {}), ['el2n', '--fraction', '0.2'],
+     ['el2n.npy: expected one score per record (shape (40,)), found (40, 3); delete it and compute it again']),
+    (None, ['self-sup', '--fraction', '0.5', '--clusters', '1000'], ['--clusters 1000 is larger than the number of records (40)']),
+    (None, ['semdedup', '--fraction', '0.5', '--clusters', '-3'], ['--clusters -3: the number of k-means clusters must be a positive integer']),
+    (None, ['self-sup', '--fraction', '0.5', '--clusters', '0'], ['--clusters 0: the number of k-means clusters must be a positive integer']),
+    (lambda run, root: save_scores(run, 'emb_last', np.ones(40, np.float32), {}), ['semdedup', '--fraction', '0.5'],
+     ['emb_last.npy: expected one embedding row per record (shape (40, H)), found (40,)', 'coincide baseline semdedup RUN']),
+    (lambda run, root: save_scores(run, 'emb_last', np.zeros((40, 8), np.float32), {}), ['self-sup', '--fraction', '0.5'],
+     ['emb_last.npy: record 0 has an all-zero embedding', '--model MODEL_DIR']),
+], ids=['records-vs-embeddings', 'record-not-object', 'score-2d', 'clusters-too-many', 'clusters-negative', 'clusters-zero',
+        'emb-last-1d', 'emb-last-zero'])
+def test_inconsistent_input_is_refused(cli_in_process, tmp_path, spoil, args, messages):
+    run = planted_run(tmp_path)
+    if spoil: spoil(run, tmp_path)
+    res = cli_in_process('baseline', args[0], run, *[str(tmp_path/'recs.json') if a == 'DATA' else a for a in args[1:]], '--out', tmp_path/'out')
+    assert res.returncode == 2, res.stderr
+    for m in messages: assert m in res.stderr, res.stderr
+    assert 'Traceback' not in res.stderr and not (tmp_path/'out').exists()
+
+
+@pytest.mark.parametrize('name', ['self-sup', 'semdedup'])
+def test_a_corrupt_kmeans_manifest_is_a_cache_miss(cli_in_process, tmp_path, name):
+    "A manifest cut short (as by a crash mid-write) is treated as a stale cache: k-means runs again and rewrites it."
+    run = planted_run(tmp_path)
+    man = scores_path(run, 'kmeans_emb_last').with_suffix('.manifest.json')
+    np.save(scores_path(run, 'kmeans_emb_last'), np.zeros((40, 2))); man.write_text('{"params": ')
+    res = cli_in_process('baseline', name, run, '--fraction', '0.5', '--out', tmp_path/'out')
+    assert res.returncode == 0, res.stderr
+    assert f'{man}: not a readable manifest' in res.stderr and 'Traceback' not in res.stderr
+    assert json.loads(man.read_text())['params']['n_clusters'] == 1 and len(indices(tmp_path/'out')) == 20
