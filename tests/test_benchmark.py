@@ -1,5 +1,5 @@
 """The CPU benchmark: file contract, labels read back from pixels (benchmark_oracle.py), determinism, shares, transfer suites, cache, CLI."""
-import json, time
+import json, shutil, time
 from collections import Counter
 from pathlib import Path
 import numpy as np
@@ -334,3 +334,40 @@ def test_default_size_generates_within_a_minute(tmp_path):
     assert time.process_time() - t0 < 60
     train, caps, evals = load_benchmark(out)
     assert len(train) == 10_000 and len(caps) == 4_000 and all(len(v) == 200 for v in evals.values())
+
+
+# ---- damaged benchmark folders -----------------------------------------------------------------
+
+def damaged_copy(tmp_path, name, text):
+    "A copy of the committed fixture with `name` replaced by `text`."
+    out = tmp_path/'b'
+    shutil.copytree(FIXTURE, out)
+    (out/name).write_text(text)
+    return out
+
+
+@pytest.mark.parametrize('name,text,message', [
+    ('benchmark.json', '{"generator": "coincide.testbed.benchmark", "suites": {', 'benchmark.json: not valid JSON'),
+    ('benchmark.json', '{}', "benchmark.json: no 'suites' table"),
+    ('train.json', '[{"id": "a", "image": "x.png"}]', "train.json: record 0 (id 'a'): 'conversations' must be a list"),
+    ('eval/count.json', '[{"id": "a", "conversations": [', 'count.json: line 1'),
+])
+def test_damaged_files_are_named_with_how_to_regenerate(tmp_path, name, text, message):
+    out = damaged_copy(tmp_path, name, text)
+    with pytest.raises(CoincideError) as e: load_benchmark(out)
+    assert message in str(e.value) and f'coincide benchmark --out {out} --overwrite' in str(e.value), str(e.value)
+
+
+def test_every_records_file_is_validated(tmp_path):
+    "A training or pretraining record without its conversation is refused with its file, position and id."
+    records = json.loads((FIXTURE/'train.json').read_text())
+    del records[3]['conversations']
+    out = damaged_copy(tmp_path, 'train.json', json.dumps(records))
+    with pytest.raises(CoincideError, match=rf"train.json: record 3 \(id '{records[3]['id']}'\)"): load_benchmark(out)
+    (out/'pretrain.json').write_text('[{"id": "p"}]')
+    with pytest.raises(CoincideError, match=r"pretrain.json: record 0 \(id 'p'\)"): load_pretrain(out)
+
+
+def test_missing_benchmark_json_names_the_folder(tmp_path):
+    with pytest.raises(CoincideError) as e: benchmark_meta(tmp_path)
+    assert f'run `coincide benchmark --out {tmp_path}` again' in str(e.value) and '{out' not in str(e.value)

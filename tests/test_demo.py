@@ -1,6 +1,7 @@
 """The demo end to end on a micro configuration: all ten rows, the statistics columns, plots, a cached
 rerun, and every selection it wrote re-derived by `coincide verify --rederive`."""
 import json, shutil, time
+from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +177,33 @@ def test_headroom_arms_share_the_demo_draw_and_keep_their_defining_property(micr
     assert len(manifests) == 2 * 3 + 2 + 2 and all(m['params']['design_commit'] == DESIGN_COMMIT for m in manifests)
     agree = unit_agreement(demo)
     assert set(agree.k) == {MICRO.k, len(names)} and agree.purity.between(0, 1).all()
+
+
+# ---- bad inputs of `coincide demo --preset power` -------------------------------------------------
+
+DEFAULT_RESULTS = Path(__file__).parent.parent/'bench'/'results'/'demo_default'/'results.csv'
+
+
+def test_power_config_refuses_a_one_seed_run_instead_of_planning_the_cap():
+    "A `--quick` run (1 seed) has no spread: t(0.975, 0) is NaN, which must not become power_seeds' cap of 200 seeds."
+    from coincide.core import CoincideError
+    from coincide.testbed.demo import power_config, power_seeds, read_results
+    assert 3 <= power_config(read_results(DEFAULT_RESULTS)).seeds < 200
+    quick = pd.read_csv(DEFAULT_RESULTS).assign(seeds=1)
+    with pytest.raises(CoincideError, match=r'quick.csv: a run of 1 seed\(s\) has no spread.*not `--quick`'):
+        power_config(quick, source='quick.csv')
+    with pytest.raises(CoincideError, match='got nan'): power_seeds(float('nan'))
+
+
+@pytest.mark.parametrize('text,message', [
+    ('a,b\n1,2\n', "lacks the column(s) 'method'"),
+    ('', 'not a CSV table (EmptyDataError'),
+    ('\n'.join(l for l in DEFAULT_RESULTS.read_text().splitlines() if not l.startswith('coincide,')), "no 'coincide' row"),
+    (pd.read_csv(DEFAULT_RESULTS).assign(seeds=1).to_csv(index=False), 'run the default `coincide demo` (3 seeds), not `--quick`'),
+])
+def test_power_preset_names_a_bad_results_file(cli_in_process, tmp_path, text, message):
+    (tmp_path/'results.csv').write_text(text)
+    res = cli_in_process('demo', '--preset', 'power', '--from', tmp_path/'results.csv', '--out', tmp_path/'p')
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
+    assert f"{tmp_path/'results.csv'}: " in res.stderr and message in res.stderr, res.stderr
+    assert not (tmp_path/'p').exists()

@@ -1,4 +1,6 @@
 """coincide.testbed.training: encoding cache, answer-only loss, deterministic training, generation and scoring."""
+import json, shutil
+from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from dataclasses import replace
 from coincide.testbed.benchmark import make, benchmark_meta
@@ -189,3 +191,37 @@ def test_pretrained_target_reads_the_disjoint_text(bench, tmp_path, monkeypatch)
     monkeypatch.undo()
     a, b = (finetune(setup, tmp_path/'pre', np.arange(8), TrainConfig(epochs=1, batch_size=4), seed=s, device='cpu') for s in (0, 1))
     assert not _same(a, b)                                          # the seed changes stage 2's data order
+
+
+# ---- bad inputs of `coincide train` --------------------------------------------------------------
+
+FIXTURE = Path(__file__).parent.parent/'data'/'fixture'   # a committed 50-record benchmark
+
+
+def _refused(res, *fragments):
+    "`coincide` exited 2 with a message holding every fragment, and no traceback."
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
+    assert all(f in res.stderr for f in fragments), res.stderr
+
+
+def test_train_on_a_missing_or_damaged_benchmark_says_how_to_regenerate(cli_in_process, tmp_path):
+    _refused(cli_in_process('train', '--bench', tmp_path/'nobench', '--out', tmp_path/'tr'),
+             f"run `coincide benchmark --out {tmp_path/'nobench'}` again")
+    bench = tmp_path/'b'; shutil.copytree(FIXTURE, bench)
+    meta = (bench/'benchmark.json').read_text()
+    (bench/'benchmark.json').write_text(meta[:len(meta) // 2])
+    _refused(cli_in_process('train', '--bench', bench, '--out', tmp_path/'tr'), f"{bench/'benchmark.json'}: not valid JSON",
+             f'coincide benchmark --out {bench} --overwrite')
+    (bench/'benchmark.json').write_text('{}')
+    _refused(cli_in_process('train', '--bench', bench, '--out', tmp_path/'tr'), "benchmark.json: no 'suites' table")
+    (bench/'benchmark.json').write_text(meta)
+    records = json.loads((bench/'train.json').read_text()); del records[3]['conversations']
+    (bench/'train.json').write_text(json.dumps(records))
+    _refused(cli_in_process('train', '--bench', bench, '--out', tmp_path/'tr'), f"{bench/'train.json'}: record 3 (id '{records[3]['id']}')")
+
+
+@pytest.mark.parametrize('indices,message', [([1, 60], 'index 60 is out of range for 50 records'), ([1, 1], 'index 1 is selected twice')])
+def test_train_names_a_bad_indices_file(cli_in_process, tmp_path, indices, message):
+    np.save(tmp_path/'sel.npy', np.array(indices))
+    _refused(cli_in_process('train', '--bench', FIXTURE, '--out', tmp_path/'tr', '--preset', 'test', '--indices', tmp_path/'sel.npy'),
+             f"--indices {tmp_path/'sel.npy'}: {message}", 'pass the indices.npy that `coincide select`')

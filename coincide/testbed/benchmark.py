@@ -12,9 +12,9 @@ __all__ = ['VERSION', 'TAIL', 'SIZE', 'BG', 'COLOURS', 'SHAPES', 'WORDS', 'PHOTO
            'task_count', 'task_count_triangle', 'place_two', 'draw_two', 'task_spatial', 'task_text_qa', 'two_caption',
            'task_caption', 'to_record', 'jitter', 'corrupt', 'source_sizes', 'gen_source', 'png_bytes', 'save_png',
            'save_records', 'write_pool', 'write_split', 'suite_info', 'composition_counts', 'generator_versions',
-           'benchmark_params', 'write_meta', 'default_dir', 'is_done', 'generate', 'make', 'Benchmark',
-           'load_benchmark', 'load_pretrain', 'benchmark_meta', 'show_examples', 'source_table', 'benchmark_args',
-           'benchmark_main']
+           'benchmark_params', 'write_meta', 'default_dir', 'is_done', 'generate', 'make', 'regenerate_hint',
+           'benchmark_meta', 'benchmark_records', 'Benchmark', 'load_benchmark', 'load_pretrain', 'show_examples',
+           'source_table', 'benchmark_args', 'benchmark_main']
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #b298d916
 import functools, hashlib, json, os, shutil, struct, tempfile, zlib
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm.auto import tqdm
 from ..core import CoincideError, atomic_write, save_json, sha256_file
-from ..data import load_records, open_image
+from ..data import load_records, open_image, validate_records
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #bfef991d
 VERSION = 11 # bump when the generator's output changes for the same params
@@ -794,6 +794,39 @@ def make(out_dir:str|Path|None=None, # the benchmark folder; None for the cache 
     return out
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #1cbf4edd
+def regenerate_hint(out:Path, # the benchmark folder
+                   ) -> str: # the sentence that ends every error about a damaged benchmark
+    "What to do about a missing, damaged or edited benchmark file: make the folder again."
+    return f"regenerate the benchmark with `coincide benchmark --out {out} --overwrite` and the options it was made with (--n-train, --seed, ...)"
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #9ea23904
+def benchmark_meta(out_dir:str|Path, # a finished benchmark folder
+                  ) -> dict:
+    "The metadata (`benchmark.json`) of a finished benchmark folder; a missing or damaged file raises `CoincideError`."
+    out = Path(out_dir); p = out/'benchmark.json'
+    if not p.is_file():
+        raise CoincideError(f"{out}: no benchmark.json, so this is not a finished benchmark (an interrupted make?): "
+                            f"run `coincide benchmark --out {out}` again")
+    try: meta = json.loads(p.read_text())
+    except ValueError as e: raise CoincideError(f"{p}: not valid JSON ({e}), so the benchmark is damaged: {regenerate_hint(out)}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get('suites'), dict) or not meta['suites']:
+        raise CoincideError(f"{p}: no 'suites' table of evaluation suites, so `coincide benchmark` did not write it: {regenerate_hint(out)}")
+    return meta
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #79ef6df8
+def benchmark_records(path:Path, # a records file of the benchmark: train.json, captions.json, pretrain.json or eval/<suite>.json
+                      out:Path, # the benchmark folder it belongs to
+                     ) -> list: # LLaVA records, each checked by `coincide.data.validate_records`
+    "The records of one file of a benchmark; a missing file or a bad record raises `CoincideError` naming the file and the record."
+    if not path.is_file(): raise CoincideError(f"{path}: not found, so {out} is not a complete benchmark: {regenerate_hint(out)}")
+    try: recs = load_records(path)
+    except CoincideError as e: raise CoincideError(f"{e}: {regenerate_hint(out)}") from None
+    _, bad = validate_records(recs, source=str(path))
+    more = f' (and {len(bad) - 1} more bad records)' if len(bad) > 1 else ''
+    if bad: raise CoincideError(f"{path}: {bad[0]}{more}: {regenerate_hint(out)}")
+    return recs
+
+# %% ../../nbs/10_testbed_benchmark.ipynb #a68ef242
 class Benchmark(NamedTuple):
     "A loaded benchmark: unpack as `train, captions, evals = load_benchmark(d)`."
     train:list # training records
@@ -802,29 +835,18 @@ class Benchmark(NamedTuple):
 
 def load_benchmark(out_dir:str|Path, # a finished benchmark folder
                   ) -> Benchmark:
-    "The training records, caption records and evaluation suites of a finished benchmark folder."
+    "The training records, caption records and evaluation suites of a finished benchmark folder, every record checked."
     out = Path(out_dir)
-    meta = out/'benchmark.json'
-    if not meta.is_file():
-        raise CoincideError(f"{out}: no benchmark.json, so this is not a finished benchmark (an interrupted make?): "
-                            "run `coincide benchmark --out {out}` again")
-    suites = json.loads(meta.read_text())['suites']
-    return Benchmark(load_records(out/'train.json'), load_records(out/'captions.json'),
-                     {s: load_records(out/'eval'/f'{s}.json') for s in suites})
+    suites = benchmark_meta(out)['suites']
+    return Benchmark(benchmark_records(out/'train.json', out), benchmark_records(out/'captions.json', out),
+                     {s: benchmark_records(out/'eval'/f'{s}.json', out) for s in suites})
 
 def load_pretrain(out_dir:str|Path, # a finished benchmark folder
                  ) -> list: # text-only LLaVA records
     "The language-model pretraining records (`pretrain.json`) of a finished benchmark folder."
     p = Path(out_dir)/'pretrain.json'
     if not p.is_file(): raise CoincideError(f"{p}: not found; the benchmark predates version 7: run `coincide benchmark` again")
-    return load_records(p)
-
-def benchmark_meta(out_dir:str|Path, # a finished benchmark folder
-                  ) -> dict:
-    "The metadata (`benchmark.json`) of a finished benchmark folder."
-    p = Path(out_dir)/'benchmark.json'
-    if not p.is_file(): raise CoincideError(f"{p}: not found; run `coincide benchmark --out {out_dir}` first")
-    return json.loads(p.read_text())
+    return benchmark_records(p, Path(out_dir))
 
 # %% ../../nbs/10_testbed_benchmark.ipynb #78e1880b
 def show_examples(out_dir:str|Path, # a finished benchmark folder

@@ -7,7 +7,7 @@ __all__ = ['STAGE1', 'STAGE2', 'REFERENCE', 'TARGET_SEED', 'VISION', 'EncodedSet
            'to_device', 'answer_loss', 'TrainConfig', 'cosine_schedule', 'prepare_tuning', 'train_vlm',
            'generate_answers', 'evaluate_vlm', 'encode_suites', 'relative_performance', 'BenchmarkSetup',
            'VisionPretrainConfig', 'caption_classes', 'pretrain_vision', 'setup_benchmark', 'stage1', 'pretrain_target',
-           'finetune', 'train_args', 'train_main']
+           'finetune', 'train_args', 'selected_indices', 'train_main']
 
 # %% ../../nbs/12_testbed_training.ipynb #1c886a04
 import math
@@ -396,6 +396,17 @@ def train_args(p, # an argparse.ArgumentParser, filled in place
     p.add_argument('--native-kernels', action='store_true', help="the CPU's own fastest kernels instead of portable ones (the bytes then depend on the CPU)")
     p.add_argument('--device', default=None, help='cpu, cuda, ... for training and evaluation (default: cuda if available)')
 
+# %% ../../nbs/12_testbed_training.ipynb #67e45af6
+def selected_indices(path:str|Path, # the indices.npy of `--indices`
+                     n:int, # training records of the benchmark
+                    ) -> np.ndarray: # (m,) int64, sorted, each in [0, n) once
+    "The checked selection of `coincide train --indices`; a bad one raises `CoincideError` naming the file."
+    idx = load_npy(path, mmap=False)                                       # a missing or damaged file: load_npy names it
+    try: return check_indices(idx, n)
+    except CoincideError as e:
+        raise CoincideError(f"--indices {path}: {e}: pass the indices.npy that `coincide select` or `coincide baseline` "
+                            f"wrote for this benchmark's train.json ({n} records)") from None
+
 # %% ../../nbs/12_testbed_training.ipynb #70979929
 def train_main(args, # parsed by a parser that `train_args` set up
               ) -> int: # exit status, 0
@@ -403,7 +414,7 @@ def train_main(args, # parsed by a parser that `train_args` set up
     started, out, dev = now_iso(), Path(args.out), pick_device(args.device)
     kernels = use_portable_kernels(dev.type, not args.native_kernels)
     setup = setup_benchmark(args.bench)
-    idx = None if args.indices is None else check_indices(load_npy(args.indices, mmap=False), len(setup.train))
+    idx = None if args.indices is None else selected_indices(args.indices, len(setup.train))
     init = Path(args.init) if args.init else out.parent/f"pretrained-{args.preset}{'' if dev.type == 'cpu' else '-' + dev.type}"
     if not (init/'config.json').is_file():
         if args.init: raise CoincideError(f"--init {init}: not a model folder (no config.json)")
