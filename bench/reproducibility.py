@@ -27,7 +27,7 @@ results_per_seed.csv without the timing column `select_seconds`) against `portab
     python bench/reproducibility.py [--with-native] [--out bench/results/reproducibility.json]
     python bench/reproducibility.py --quick --out /tmp/reproducibility_quick.json   # a few minutes a run
 
-writes OUT (JSON: command, versions, CPU, runs with their environment, kernels, wall time, per-stage identity) and a
+writes OUT (JSON: command, versions, CPU, runs with their environment, kernels, wall time and each stage's time, per-stage identity) and a
 summary table next to it (OUT with the suffix .md). One machine's kernel paths stand in for other machines: another
 machine can also differ in library versions, which this probe does not vary.
 """
@@ -302,6 +302,12 @@ def demo_command(name:str, # a run of `RUNS`
             *([] if RUNS[name]['portable'] else ['--native-kernels'])]
 
 
+def from_output(out:Path, # a finished demo output folder
+               ) -> dict: # 'processes' (`stage_processes`) and 'stage_seconds' (stage -> wall seconds, from the demo's manifest)
+    "What a run's record takes from its output folder: the kernels its processes used and each stage's time."
+    return {'processes': stage_processes(out), 'stage_seconds': json.loads((out/'manifest.json').read_text())['stage_seconds']}
+
+
 def run(name:str, # a run of `RUNS`
         work:Path, # folder of every run's output
         quick:bool, # the demo's --quick sizes
@@ -309,7 +315,7 @@ def run(name:str, # a run of `RUNS`
        ) -> dict: # the run's record
     "Run the demo's chain for run `name` in a fresh process on an empty cache; record its command, environment, kernels and time."
     out, record = work/name, work/f'{name}.json'
-    if reuse and record.is_file() and (out/'results.csv').is_file(): return json.loads(record.read_text()) | {'processes': stage_processes(out)}
+    if reuse and record.is_file() and (out/'results.csv').is_file(): return json.loads(record.read_text()) | from_output(out)
     shutil.rmtree(out, ignore_errors=True)
     cmd = demo_command(name, out, quick)
     env = run_env(name, os.environ)
@@ -320,7 +326,7 @@ def run(name:str, # a run of `RUNS`
     if res.returncode: sys.exit(f"run {name} failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
     rec = {'command': ' '.join(['coincide', *cmd[1:]]).replace(str(out), 'OUT'), 'portable': RUNS[name]['portable'],
            'environment': {k: v for k, v in env.items() if k in KERNEL_VARS}, 'seconds': seconds,
-           'kernels': kernels(name, os.environ), 'processes': stage_processes(out)}
+           'kernels': kernels(name, os.environ), **from_output(out)}
     record.write_text(json.dumps(rec, indent=1) + '\n')
     return rec
 
