@@ -21,7 +21,7 @@ from .clustering import spherical_kmeans
 from .selection import save_selection
 from .activations import load_reference
 from .model_scores import (scores_path, save_scores, load_scores, cached_scores, compute_reference_scores,
-                                   compute_clip_scores, RecordLosses, _how_to)
+                                   compute_clip_scores, RecordLosses, how_to_score)
 
 # %% ../nbs/06_baselines.ipynb #81e21cab
 KEEPS = ('bottom', 'middle', 'top')
@@ -74,16 +74,17 @@ def stratified_random(labels:list, # (n,) the stratum of each record (strings or
 # %% ../nbs/06_baselines.ipynb #c285e5bd
 def record_field(records:list, # LLaVA records
                  field:str, # 'source' (record_source), 'task' (record_task), or any key of the records
-                 source:str='the records', # where the records came from (their file), for messages
+                 source:str|Path|None=None, # the records' file, for messages (None: they came from Python)
                 ) -> list: # one string per record
     "The value of `field` for every record, for stratified sampling; a record that is not an object or lacks it raises `CoincideError`."
+    where = 'the records' if source is None else str(source)
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-    if bad is not None: raise CoincideError(f"{source}: record {bad} is {type(records[bad]).__name__} {records[bad]!r:.60}, not a JSON object; "
-                                            f"fix or remove it (coincide check-data --data {source} lists every bad record)")
+    if bad is not None: raise CoincideError(f"{where}: record {bad} is {type(records[bad]).__name__} {records[bad]!r:.60}, not a JSON object; fix or remove it"
+                                            + ('' if source is None else f" (coincide check-data --data {source} lists every bad record)"))
     get = {'source': record_source, 'task': record_task}.get(field, lambda r: r.get(field))
     vals = [get(r) for r in records]
     missing = [i for i, v in enumerate(vals) if v is None]
-    if missing: raise CoincideError(f"{source}: record {missing[0]} (id {records[missing[0]].get('id')!r}) has no {field!r}; "
+    if missing: raise CoincideError(f"{where}: record {missing[0]} (id {records[missing[0]].get('id')!r}) has no {field!r}; "
                                     f"{len(missing)} records lack it: pass --stratify with a field every record has")
     return [str(v) for v in vals]
 
@@ -326,7 +327,7 @@ def _random_baseline(run, k, n, seed, records=None, stratify=None, data=None, **
     "Uniform or stratified random."
     if stratify is None: return random_select(n, k, seed), {'stratify': None}, {}
     if records is None: raise CoincideError(f"--stratify {stratify} needs the records: pass --data RECORDS.json")
-    return stratified_random(record_field(records, stratify, data or 'the records'), k, seed), {'stratify': stratify}, {}
+    return stratified_random(record_field(records, stratify, data), k, seed), {'stratify': stratify}, {}
 
 # %% ../nbs/06_baselines.ipynb #b2b6e8ef
 def _cluster_count(n_clusters:int|None, # --clusters as given (None: omitted)
@@ -350,7 +351,7 @@ def _check_directions(emb:np.ndarray, # (n, H) cached embeddings
     for i0 in range(0, len(emb), 65536):                                      # in blocks: embeddings can be big
         zero = ~np.asarray(emb[i0:i0 + 65536]).any(1)                         # (c,) bool
         if zero.any(): raise CoincideError(f"{scores_path(run, embedding)}: record {i0 + int(zero.argmax())} has an all-zero embedding; k-means needs a "
-                                           f"direction for every record: delete the file and compute it again: {_how_to(embedding)}")
+                                           f"direction for every record: delete the file and compute it again: {how_to_score(embedding)}")
 
 # %% ../nbs/06_baselines.ipynb #37d4078a
 def _kmeans_cached(run, n, seed, n_clusters=None, embedding='emb_last', kmeans_backend='faiss') -> tuple:

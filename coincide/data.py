@@ -46,12 +46,18 @@ def load_records(path:str|Path, # a LLaVA JSON list, or JSON Lines (one record p
     if not data: raise CoincideError(f"{path}: holds no records; a LLaVA file lists at least one")
     return data
 
+# %% ../nbs/01_data.ipynb #72080f7a
+def _starts_with_record(text:str, err:json.JSONDecodeError) -> bool:
+    "Whether `text` failed to parse because a first JSON object (a record) is followed by more: JSON Lines under a .json name."
+    if err.msg != 'Extra data': return False
+    return isinstance(json.JSONDecoder().raw_decode(text.lstrip())[0], dict)
+
 # %% ../nbs/01_data.ipynb #1f595e41
 def _parse_json_list(path:Path, text:str) -> list:
     "Parse one JSON document that must be a list of records."
     try: data = json.loads(text)
     except json.JSONDecodeError as e:
-        hint = "; it holds several JSON values: for one record per line, name the file .jsonl" if e.msg == 'Extra data' else ''
+        hint = "; it holds several records one after another: for one record per line, name the file .jsonl" if _starts_with_record(text, e) else ''
         raise CoincideError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg}){hint}") from None
     if not isinstance(data, list):
         raise CoincideError(f"{path}: expected a JSON list of records, found a {type(data).__name__}; "

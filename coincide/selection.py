@@ -6,10 +6,11 @@
 __all__ = ['RUN_FILES', 'SETTINGS', 'greedy_distinct', 'greedy_mmd', 'softmax_weights', 'allocate_paper', 'top_up',
            'allocate_budget', 'check_selection_params', 'check_unit_rows', 'open_run', 'cluster_table', 'early_guess',
            'density_pass', 'greedy_pass', 'map_clusters', 'auto_workers', 'select_sweep', 'select_coincide',
-           'save_selection', 'coincide_params', 'save_coincide_selection', 'select_args', 'select_main', 'plot_budget']
+           'clear_stale_outputs', 'save_selection', 'coincide_params', 'save_coincide_selection', 'select_args',
+           'select_main', 'plot_budget']
 
 # %% ../nbs/05_selection.ipynb #2f0c02ec
-import csv, inspect, io, math, os, sys
+import csv, inspect, io, json, math, os, sys
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
@@ -537,6 +538,17 @@ def _table_csv(table) -> str:
     for row in zip(*(np.asarray(cols[c]).tolist() for c in names)): w.writerow([repr(v) if isinstance(v, float) else v for v in row])
     return out.getvalue()
 
+# %% ../nbs/05_selection.ipynb #54ef9add
+def clear_stale_outputs(out:Path, # a selection folder, possibly holding an earlier selection
+                        writes:set, # the optional files this selection writes: 'subset.json', 'clusters.csv'
+                       ):
+    "Remove an earlier selection's manifest and the optional files it lists that this one will not write again, so none passes for this one's."
+    try: listed = {Path(rec['path']).name for rec in json.loads((out/'manifest.json').read_text())['outputs'].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError): return        # no earlier selection here (or not ours): touch nothing
+    stale = [name for name in ('subset.json', 'clusters.csv') if name in listed and name not in writes]
+    if stale: (out/'manifest.json').unlink()                                        # after a crash here: no manifest, not a wrong one
+    for name in stale: (out/name).unlink(missing_ok=True)
+
 # %% ../nbs/05_selection.ipynb #770f8543
 def save_selection(out_dir:str|Path, # the output folder
                    indices, # selected record indices
@@ -548,13 +560,12 @@ def save_selection(out_dir:str|Path, # the output folder
                    table=None, # per-cluster table (DataFrame or dict of columns): DIR/clusters.csv
                    started:str|None=None, # start time from `now_iso()`
                   ) -> Path: # the output folder
-    "Write indices.npy, optional subset.json and clusters.csv, and manifest.json; return the folder (an earlier selection's subset.json or clusters.csv that this one does not write is removed)."
+    "Write indices.npy, optional subset.json and clusters.csv, and manifest.json; return the folder (`clear_stale_outputs` first)."
     out = check_out_dir(out_dir)
     n = len(records) if records is not None else params.get('n_records', np.iinfo(np.int64).max)
     idx = check_indices(indices, n)
     out.mkdir(parents=True, exist_ok=True)
-    for name, written in (('subset.json', records is not None), ('clusters.csv', table is not None)):
-        if not written: (out/name).unlink(missing_ok=True)
+    clear_stale_outputs(out, {name for name, kept in (('subset.json', records), ('clusters.csv', table)) if kept is not None})
     save_npy(out/'indices.npy', idx)
     outputs = {'indices': out/'indices.npy'}
     if records is not None: outputs['subset'] = write_subset(records, idx, out/'subset.json')
@@ -632,11 +643,11 @@ def select_main(args, # parsed arguments from `select_args`
     if (args.fraction is None) == (args.fractions is None): raise CoincideError("give either --fraction F or --fractions F1 F2 ...")
     fractions = [args.fraction] if args.fractions is None else list(dict.fromkeys(args.fractions))
     for fr in fractions: check_selection_params(fr, args.tau, args.sigma)
-    for out in _out_dirs(args).values(): check_out_dir(out)
+    n = open_run(args.run)['n']
     records = load_records(args.data) if args.data else None
-    if records is not None and len(records) != open_run(args.run)['n']:
-        raise CoincideError(f"{args.data}: {len(records)} records but the run has {open_run(args.run)['n']} embedding rows; "
-                            "pass the records the run was extracted from")
+    if records is not None and len(records) != n:
+        raise CoincideError(f"{args.data}: {len(records)} records but the run has {n} embedding rows; pass the records the run was extracted from")
+    for out in _out_dirs(args).values(): check_out_dir(out)
     res = select_sweep(args.run, fractions, args.tau, args.sigma, args.mode, args.transfer, args.transfer_columns,
                        args.knn, args.density, device=args.device, workers=args.workers)
     settings = dict(tau=args.tau, sigma=args.sigma, mode=args.mode, transfer=args.transfer, transfer_columns=args.transfer_columns,

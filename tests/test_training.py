@@ -105,12 +105,8 @@ def test_evaluate_table(bench):
     m, _ = _train(proc, enc, 0)
     suites = {s: load_records(d/'eval'/f'{s}.json') for s in ('colour_recog', 'text_qa')}
     chance = {s: benchmark_meta(d)['suites'][s]['chance'] for s in suites}
-    enc_suites = encode_suites(proc, suites, d)
-    tab = evaluate_vlm(m, proc, enc_suites, suites, chance)
+    tab = evaluate_vlm(m, proc, encode_suites(proc, suites, d), suites, chance)
     assert list(tab.index) == ['colour_recog', 'text_qa'] and (tab.n == 8).all() and tab.chance.to_dict() == chance
-    for s in suites:                                                # each answer is scored against its own record
-        hits = [is_correct(p, r) for p, r in zip(generate_answers(m, proc, enc_suites[s]), suites[s])]
-        assert tab.accuracy[s] == np.mean(hits)
 
 
 def test_evaluate_scores_each_answer_against_its_own_record(bench, monkeypatch):
@@ -206,7 +202,7 @@ def _refused(res, *fragments):
 
 def test_train_on_a_missing_or_damaged_benchmark_says_how_to_regenerate(cli_in_process, tmp_path):
     _refused(cli_in_process('train', '--bench', tmp_path/'nobench', '--out', tmp_path/'tr'),
-             f"run `coincide benchmark --out {tmp_path/'nobench'}` again")
+             f"{tmp_path/'nobench'}: benchmark folder not found", f"`coincide benchmark --out {tmp_path/'nobench'}`")
     bench = tmp_path/'b'; shutil.copytree(FIXTURE, bench)
     meta = (bench/'benchmark.json').read_text()
     (bench/'benchmark.json').write_text(meta[:len(meta) // 2])

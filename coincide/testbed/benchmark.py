@@ -804,6 +804,7 @@ def benchmark_meta(out_dir:str|Path, # a finished benchmark folder
                   ) -> dict:
     "The metadata (`benchmark.json`) of a finished benchmark folder; a missing or damaged file raises `CoincideError`."
     out = Path(out_dir); p = out/'benchmark.json'
+    if not out.is_dir(): raise CoincideError(f"{out}: benchmark folder not found; check the path, or make one with `coincide benchmark --out {out}`")
     if not p.is_file():
         raise CoincideError(f"{out}: no benchmark.json, so this is not a finished benchmark (an interrupted make?): "
                             f"run `coincide benchmark --out {out}` again")

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['METHODS', 'QUICK', 'RESULTS_COLUMNS', 'WANT_RESULTS', 'BACKEND_OPTION', 'SCORES_USED', 'DEMO_THREADS',
            'TIMING_COLUMNS', 'DemoConfig', 'power_seeds', 'power_config', 'read_results', 'check_results',
-           'scale_layers', 'stage_key', 'done_file', 'cached_stage', 'scored_suites', 'relative_per_seed',
-           'mean_interval', 'paired_difference', 'pooled_relative', 'summarise', 'markdown_table', 'Demo',
-           'torch_threads', 'compute_params', 'run_stage', 'benchmark_stage', 'reference_stage', 'compute_backend',
-           'cluster_stage', 'coincide_stages', 'coincide_select_stage', 'scores_stage', 'baseline_selection',
-           'baseline_stage', 'selection_diagnostics', 'plot_selection_diagnostics', 'target_init_params',
-           'target_init_stage', 'target_params', 'target_stage', 'train_targets', 'select_all', 'default_jobs',
-           'run_demo', 'write_results', 'results_mismatches', 'plot_per_benchmark', 'plot_relative', 'demo_args',
-           'demo_main']
+           'pilot_spread', 'scale_layers', 'stage_key', 'done_file', 'cached_stage', 'scored_suites',
+           'relative_per_seed', 'mean_interval', 'paired_difference', 'pooled_relative', 'summarise', 'markdown_table',
+           'Demo', 'torch_threads', 'compute_params', 'run_stage', 'benchmark_stage', 'reference_stage',
+           'compute_backend', 'cluster_stage', 'coincide_stages', 'coincide_select_stage', 'scores_stage',
+           'baseline_selection', 'baseline_stage', 'selection_diagnostics', 'plot_selection_diagnostics',
+           'target_init_params', 'target_init_stage', 'target_params', 'target_stage', 'train_targets', 'select_all',
+           'default_jobs', 'run_demo', 'write_results', 'results_mismatches', 'plot_per_benchmark', 'plot_relative',
+           'demo_args', 'demo_main']
 
 # %% ../../nbs/13_testbed_demo.ipynb #ac404098
 import hashlib, json, math, shutil, time
@@ -68,22 +68,20 @@ def power_seeds(sd:float, # standard deviation (ddof 1) over seeds of the paired
 def power_config(results:pd.DataFrame, # results.csv of a default run (`summarise`, `read_results`)
                  half_width:float=1.5, # the half-width of COINCIDE - Random to reach, points
                  source:str='results', # the file `results` was read from, for messages
+                 seeds:int|None=None, # the seed count, when given (`--seeds`); None: from the pilot's spread
                 ) -> DemoConfig:
     "The powered run: full, Random, COINCIDE and the two strongest other baselines of `results`, 300 items per suite, seeds from the paired spread pooled over the selection methods."
     r = check_results(results, source)
-    n = int(r.loc['coincide', 'seeds'])
-    sel = r.drop(['full', 'random'])                                 # the selection methods compared with Random
-    sds = (sel.diff_ci_high - sel.diff_vs_random).dropna() * math.sqrt(n) / stats.t.ppf(0.975, n - 1)   # paired sd of each against Random
-    if sds.empty: raise CoincideError(f"{source}: no selection method has a paired interval against Random (diff_ci_high is empty): {WANT_RESULTS}")
-    sd = math.sqrt((sds ** 2).mean())                              # pooled over methods: steadier than one method's n - 1 degrees of freedom (they share Random's rows)
     best = r.drop(['full', 'random', 'coincide']).sort_values('relative', ascending=False).index[:2].tolist()
-    return replace(DemoConfig(), n_eval=300, seeds=power_seeds(sd, half_width), methods=('random', 'coincide', *best))
+    if seeds is None: seeds = power_seeds(pilot_spread(r, source), half_width)
+    return replace(DemoConfig(), n_eval=300, seeds=seeds, methods=('random', 'coincide', *best))
 
 # %% ../../nbs/13_testbed_demo.ipynb #5e49df24
 RESULTS_COLUMNS = ('method', 'relative', 'seeds', 'diff_vs_random', 'diff_ci_high') # what `power_config` reads of a results.csv
 WANT_RESULTS = ("pass the results.csv of a default `coincide demo` run (3 seeds; not `--quick`), which has the columns "
                 f"{', '.join(RESULTS_COLUMNS)} and the rows full, random, coincide and the other baselines")
 
+# %% ../../nbs/13_testbed_demo.ipynb #5d0169e0
 def read_results(path:str|Path, # a results.csv written by `coincide demo`
                 ) -> pd.DataFrame: # one row per method
     "The table of a results.csv; a missing file or one that is not a CSV table raises `CoincideError`."
@@ -97,7 +95,7 @@ def read_results(path:str|Path, # a results.csv written by `coincide demo`
 def check_results(results:pd.DataFrame, # a results table of `coincide demo` (`read_results`)
                   source:str='results', # the file it was read from, for messages
                  ) -> pd.DataFrame: # the same rows, indexed by method
-    "`results` indexed by method, checked to hold what `power_config` reads: its columns as numbers, the full, random and coincide rows, at least 2 seeds."
+    "`results` indexed by method, checked to hold what `power_config` reads: its columns as numbers, and the full, random and coincide rows."
     missing = [c for c in RESULTS_COLUMNS if c not in results.columns]
     if missing: raise CoincideError(f"{source}: lacks the column(s) {', '.join(map(repr, missing))}: {WANT_RESULTS}")
     text = [c for c in RESULTS_COLUMNS[1:] if not pd.api.types.is_numeric_dtype(results[c])]
@@ -106,11 +104,21 @@ def check_results(results:pd.DataFrame, # a results table of `coincide demo` (`r
     absent = [m for m in ('full', 'random', 'coincide') if m not in r.index]
     if absent: raise CoincideError(f"{source}: no {', '.join(map(repr, absent))} row: {WANT_RESULTS}")
     if r.index.duplicated().any(): raise CoincideError(f"{source}: method {r.index[r.index.duplicated()][0]!r} has more than one row: {WANT_RESULTS}")
-    seeds = r.loc['coincide', 'seeds']
-    if not seeds >= 2: raise CoincideError(f"{source}: a run of {seeds:g} seed(s) has no spread over seeds, and the powered run is sized "
-                                           "from that spread (at least 2 seeds): run the default `coincide demo` (3 seeds), not `--quick`, "
-                                           "and pass its results.csv (--from)")
     return r
+
+# %% ../../nbs/13_testbed_demo.ipynb #b29efe35
+def pilot_spread(r:pd.DataFrame, # a results table indexed by method (`check_results`)
+                 source:str='results', # the file it was read from, for messages
+                ) -> float: # the paired sd (ddof 1) over seeds of a selection method minus Random, points
+    "The paired spread of the selection methods against Random, pooled over the methods, from a pilot of at least 2 seeds."
+    n = r.loc['coincide', 'seeds']
+    if not n >= 2: raise CoincideError(f"{source}: a run of {n:g} seed(s) has no spread over seeds, and the powered run is sized "
+                                       "from that spread (at least 2 seeds): run the default `coincide demo` (3 seeds), not `--quick`, "
+                                       "and pass its results.csv (--from), or give the seed count (--seeds)")
+    sel = r.drop(['full', 'random'])                                 # the selection methods compared with Random
+    sds = (sel.diff_ci_high - sel.diff_vs_random).dropna() * math.sqrt(n) / stats.t.ppf(0.975, n - 1)   # paired sd of each against Random
+    if sds.empty: raise CoincideError(f"{source}: no selection method has a paired interval against Random (diff_ci_high is empty): {WANT_RESULTS}")
+    return math.sqrt((sds ** 2).mean())                            # pooled over methods: steadier than one method's n - 1 degrees of freedom (they share Random's rows)
 
 # %% ../../nbs/13_testbed_demo.ipynb #f9d4c3f4
 def scale_layers(depth:int, # decoder layers of the reference model
@@ -728,7 +736,7 @@ def demo_main(args, # parsed by a parser that `demo_args` set up
     preset = 'quick' if args.quick else args.preset
     if preset == 'power' and not Path(args.from_).is_file():
         raise CoincideError(f"--preset power reads a default run's results: {args.from_} not found; run `coincide demo` first or pass --from")
-    cfg = {'default': DemoConfig, 'quick': lambda: QUICK, 'power': lambda: power_config(read_results(args.from_), source=args.from_)}[preset]()
+    cfg = {'default': DemoConfig, 'quick': lambda: QUICK, 'power': lambda: power_config(read_results(args.from_), source=args.from_, seeds=args.seeds)}[preset]()
     if args.seeds is not None:
         if args.seeds < 1: raise CoincideError(f"--seeds must be at least 1, got {args.seeds}")
         cfg = replace(cfg, seeds=args.seeds)
